@@ -141,6 +141,8 @@ def init_head_params(
   mu = eta = class means of the features under the given labels; rho ~ N(0, I)
   drawn from `rng` (the reference leaves it unseeded).
   """
-  means = jnp.asarray(class_means(features, labels, num_classes))
+  means = class_means(features, labels, num_classes)
   rho = jax.random.normal(rng, (num_classes,), jnp.float32)
-  return {"mu": means, "eta": means, "rho": rho}
+  # Two buffers: the train step donates its state, and one buffer cannot be donated
+  # twice.
+  return {"mu": jnp.array(means), "eta": jnp.array(means), "rho": rho}

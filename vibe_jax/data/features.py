@@ -1,0 +1,106 @@
+"""Feature-matrix datasets: what VIBE trains on when the backbone is fixed.
+
+A `FeatureData` holds the training features with their given (possibly poisoned)
+labels, optionally the true labels and poison flags (for logging), the clean test
+set (ACC) and the triggered test set with the target class removed (ASR).
+
+On disk it is an `.npz` with these keys (the optional ones may be absent):
+  train_features (N, D) float, train_labels (N,) int,
+  [train_true_labels (N,) int, train_poisoned (N,) bool],
+  test_features (M, D), test_labels (M,),
+  [asr_features (P, D), asr_labels (P,)]
+"""
+
+import os
+import pathlib
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from vibe_jax.errors import InputError, MissingFileError
+
+__all__ = ["FeatureData", "load_npz", "save_npz"]
+
+_REQUIRED = ("train_features", "train_labels", "test_features", "test_labels")
+_OPTIONAL = ("train_true_labels", "train_poisoned", "asr_features", "asr_labels")
+
+
+class FeatureData(NamedTuple):
+  """Features and labels of a (poisoned) dataset; all NumPy arrays."""
+
+  train_features: np.ndarray
+  train_labels: np.ndarray
+  test_features: np.ndarray
+  test_labels: np.ndarray
+  train_true_labels: Optional[np.ndarray] = None
+  train_poisoned: Optional[np.ndarray] = None
+  asr_features: Optional[np.ndarray] = None
+  asr_labels: Optional[np.ndarray] = None
+
+  @property
+  def num_classes(self) -> int:
+    """K: one more than the largest given or test label (as the reference)."""
+    return int(max(self.train_labels.max(), self.test_labels.max())) + 1
+
+  def validate(self) -> "FeatureData":
+    """Checks shapes and dtypes; returns self with canonical dtypes.
+
+    Raises:
+      InputError: naming the offending array.
+    """
+    arrays = {k: v for k, v in self._asdict().items() if v is not None}
+    for name in ("train_features", "test_features", "asr_features"):
+      if name in arrays and arrays[name].ndim != 2:
+        raise InputError(f"{name} must be 2-D (examples, dims), got shape "
+                         f"{arrays[name].shape}")
+    dim = arrays["train_features"].shape[1]
+    for name in ("test_features", "asr_features"):
+      if name in arrays and arrays[name].shape[1] != dim:
+        raise InputError(f"{name} has {arrays[name].shape[1]} dims but "
+                         f"train_features has {dim}")
+    for prefix, rows in (("train", ("labels", "true_labels", "poisoned")),
+                         ("test", ("labels",)), ("asr", ("labels",))):
+      if f"{prefix}_features" not in arrays:
+        continue
+      n = arrays[f"{prefix}_features"].shape[0]
+      for row in rows:
+        name = f"{prefix}_{row}"
+        if name in arrays and arrays[name].shape != (n,):
+          raise InputError(f"{name} must have shape ({n},) to match "
+                           f"{prefix}_features, got {arrays[name].shape}")
+    if ("asr_features" in arrays) != ("asr_labels" in arrays):
+      raise InputError("asr_features and asr_labels must be given together")
+    out = {k: (np.asarray(v, np.float32) if k.endswith("features") else
+               np.asarray(v, bool) if k == "train_poisoned" else
+               np.asarray(v, np.int32)) for k, v in arrays.items()}
+    for name in ("train_labels", "test_labels", "train_true_labels", "asr_labels"):
+      if name in out and out[name].size and out[name].min() < 0:
+        raise InputError(f"{name} has negative labels")
+    return FeatureData(**out)
+
+
+def load_npz(path: str | os.PathLike) -> FeatureData:
+  """Reads a `FeatureData` from an `.npz` file.
+
+  Raises:
+    MissingFileError: the file does not exist.
+    InputError: a required key is missing (the message lists the keys present), or
+      shapes do not fit together.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise MissingFileError(f"feature file {str(path)!r} does not exist")
+  with np.load(path) as npz:
+    present = set(npz.files)
+    missing = [k for k in _REQUIRED if k not in present]
+    if missing:
+      raise InputError(f"feature file {str(path)!r} lacks {missing}; it has "
+                     f"{sorted(present)}")
+    arrays = {k: npz[k] for k in _REQUIRED + _OPTIONAL if k in present}
+  return FeatureData(**arrays).validate()
+
+
+def save_npz(data: FeatureData, path: str | os.PathLike) -> None:
+  """Writes a `FeatureData` as an `.npz` readable by `load_npz`."""
+  arrays = {k: v for k, v in data._asdict().items() if v is not None}
+  np.savez(path, **arrays)
