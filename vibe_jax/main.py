@@ -21,6 +21,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _parse_flags(argv):
   """absl's parser, with config errors (unknown key, bad value) as one clear line."""
+  for i, arg in enumerate(argv):  # a missing file first: overrides would hide it
+    path = arg[len("--config="):] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if path is not None and not os.path.isfile(path.split(":")[0]):
+      sys.exit(f"FATAL config error: config file {path!r} does not exist")
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:

@@ -1,0 +1,91 @@
+"""E-step: marginals, agreement with an independent Sinkhorn, chunked log P."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vibe_jax import estep
+
+EPSILON = 1.0 / 25.0
+
+
+def _problem(n=300, k=5, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = 4.0 * rng.normal(size=(n, k)).astype(np.float32)
+  log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+  prior = rng.dirichlet(np.full(k, 20.0)).astype(np.float32)
+  return jnp.asarray(log_p), jnp.asarray(prior)
+
+
+def _numpy_reference(log_p, prior, iterations):
+  """Spec 4.4 written out in NumPy (float64): class scaling, then sample scaling."""
+  a_mat = np.asarray(log_p, np.float64) / EPSILON
+  n = a_mat.shape[0]
+  log_r, log_s = np.log(np.asarray(prior, np.float64)), np.full(n, -np.log(n))
+  b = log_s.copy()
+  for _ in range(iterations):
+    a = log_r - np.logaddexp.reduce(a_mat + b[:, None], axis=0)
+    b = log_s - np.logaddexp.reduce(a_mat + a[None, :], axis=1)
+  return np.argmax(a_mat + a[None, :], axis=1), a_mat + a[None, :] + b[:, None]
+
+
+def test_plan_has_the_requested_marginals():
+  log_p, prior = _problem()
+  out = jax.jit(lambda lp, p: estep.pseudo_labels(lp, p, threshold=1e-6))(log_p, prior)
+  assert bool(out.converged)
+  plan = np.exp(np.asarray(estep.transport_log_plan(log_p, out, EPSILON), np.float64))
+  np.testing.assert_allclose(plan.sum(1), 1.0 / 300, rtol=1e-4)
+  np.testing.assert_allclose(plan.sum(0), prior, atol=2e-6)
+  # The hard labels follow the class marginal roughly.
+  counts = np.bincount(np.asarray(out.labels), minlength=5) / 300
+  np.testing.assert_allclose(counts, prior, atol=0.05)
+
+
+def test_reference_mode_matches_an_independent_implementation():
+  log_p, prior = _problem(n=120, k=4, seed=1)
+  out = estep.pseudo_labels(log_p, prior, reference_iterations=True)
+  want_labels, want_plan = _numpy_reference(log_p, prior, estep.REFERENCE_ITERATIONS)
+  assert int(out.iterations) == estep.REFERENCE_ITERATIONS
+  np.testing.assert_array_equal(out.labels, want_labels)
+  plan = estep.transport_log_plan(log_p, out, EPSILON)
+  np.testing.assert_allclose(np.exp(plan), np.exp(want_plan), atol=1e-6)
+
+
+def test_threshold_stops_early_and_agrees_with_reference_mode():
+  log_p, prior = _problem(n=2000, k=10, seed=2)
+  early = estep.pseudo_labels(log_p, prior, threshold=1e-4)
+  full = estep.pseudo_labels(log_p, prior, reference_iterations=True)
+  assert int(early.iterations) < estep.REFERENCE_ITERATIONS
+  assert float(early.error) < 1e-4
+  assert np.mean(np.asarray(early.labels) == np.asarray(full.labels)) >= 0.995
+
+
+def test_uniform_log_p_follows_the_prior_exactly_in_counts():
+  # Identical rows: any balanced split is optimal; the plan must still be prior.
+  prior = jnp.asarray([0.5, 0.25, 0.25])
+  out = estep.pseudo_labels(jnp.zeros((8, 3)), prior, threshold=1e-6)
+  plan = np.exp(np.asarray(estep.transport_log_plan(jnp.zeros((8, 3)), out, EPSILON)))
+  np.testing.assert_allclose(plan, np.tile(np.asarray(prior) / 8, (8, 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,prior_shape", [((5,), (5,)), ((4, 3), (4,))])
+def test_bad_shapes_are_named(shape, prior_shape):
+  with pytest.raises(ValueError, match="shape"):
+    estep.pseudo_labels(jnp.zeros(shape), jnp.ones(prior_shape) / prior_shape[0])
+
+
+@pytest.mark.parametrize("n,chunk", [(10, 3), (10, 10), (7, 100), (12, 4)])
+def test_dataset_log_joint_equals_one_pass(n, chunk):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, 6)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, n), jnp.int32)
+  w = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+  fn = lambda xb, yb: jax.nn.log_softmax(xb @ w, axis=1) + yb[:, None]
+  got = jax.jit(lambda a, b: estep.dataset_log_joint(fn, a, b, chunk_size=chunk))(x, y)
+  np.testing.assert_allclose(got, fn(x, y), atol=1e-5)
+
+
+def test_dataset_log_joint_rejects_mismatched_labels():
+  with pytest.raises(ValueError, match="labels"):
+    estep.dataset_log_joint(lambda a, b: a, jnp.zeros((4, 2)), jnp.zeros((3,), jnp.int32))
