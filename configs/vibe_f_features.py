@@ -6,8 +6,8 @@ prior, batch 1024, 15,000 steps, an E-step every 500.
   python -m vibe_jax.main --config=configs/vibe_f_features.py \
       --config.data.path=features.npz --workdir=workdirs/vibe_f
 
-Cost: about 1 minute per 1,000 steps for 50,000 x 1,536 features on a 2-core CPU
-(mostly the M-steps), seconds on a GPU.
+Cost: 15,000 M-steps of a 1024 x D batch plus 30 E-steps over the N x K log-joint;
+not yet measured at full size (the E-step alone: see benchmarks/estep.py).
 """
 
 from configs.common import base_config
