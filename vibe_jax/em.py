@@ -221,13 +221,20 @@ def _initial_state(model, data, tx, rng) -> mstep.TrainState:
                           pseudo_labels=jnp.asarray(data.train_labels, jnp.int32))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains the baseline (if enabled) and VIBE; writes and returns the results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data: Optional[FeatureData] = None) -> dict[str, Any]:
+  """Trains the baseline (if enabled) and VIBE; writes and returns the results.
+
+  Args:
+    config: a config from configs/.
+    workdir: where checkpoints, metrics and results go.
+    data: in-memory features; by default `config.data` names them.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   log = report.JsonLines(workdir / "metrics.jsonl")
-  data = load_data(config)
+  data = load_data(config) if data is None else data.validate()
   model = build_model(config, data.num_classes, data.train_features.shape[1])
   tx = _optimizer(config)
   rng = jax.random.PRNGKey(config.seed)

@@ -1,0 +1,60 @@
+"""The EM loop in process, on an in-memory feature matrix."""
+
+import json
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from configs import vibe_a_features
+from vibe_jax import em
+from vibe_jax.data import FeatureData
+from vibe_jax.models import class_means
+
+
+def _clusters(seed=0, n_per_class=60, k=4, d=12, rate=0.15):
+  """Gaussian clusters; poisoned examples get a large 'trigger' feature and label 0."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(k, d)) * 3.0
+  centres[:, -1] = 0.0
+
+  def sample(labels):
+    return (centres[labels] + rng.normal(size=(len(labels), d))).astype(np.float32)
+
+  true = np.repeat(np.arange(k), n_per_class)
+  x = sample(true)
+  poisoned = np.zeros(len(true), bool)
+  candidates = np.flatnonzero(true != 0)
+  poisoned[rng.choice(candidates, int(rate * len(true)), replace=False)] = True
+  x[poisoned, -1] = 6.0
+  given = np.where(poisoned, 0, true)
+  test_y = np.repeat(np.arange(k), 20)
+  asr = sample(np.repeat(np.arange(1, k), 20))
+  asr[:, -1] = 6.0
+  return FeatureData(x, given, sample(test_y), test_y, true, poisoned, asr,
+                     np.zeros(len(asr), np.int32))
+
+
+def test_train_and_evaluate_in_memory(tmp_path):
+  config = vibe_a_features.get_config()
+  config.num_steps, config.batch_size, config.estep.period = 60, 32, 20
+  config.log_every, config.checkpoint.every, config.progress_bar = 20, 30, False
+  data = _clusters()
+  results = em.train_and_evaluate(config, str(tmp_path), data=data)
+  baseline, vibe = results["rows"]
+  assert baseline["method"] == "no defense" and vibe["method"] == "VIBE-A"
+  for row in results["rows"]:
+    assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0
+  assert 0.0 <= vibe["pseudo_true_agreement"] <= 1.0
+  assert "pseudo_poisoned_relabelled" in vibe
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  esteps = [l["step"] for l in lines if l["event"] == "estep"]
+  assert esteps == [0, 20, 40]
+  assert (tmp_path / "vibe" / "checkpoints" / "60").is_dir()
+  assert (tmp_path / "baseline" / "checkpoints" / "60").is_dir()
+  # VIBE-A freezes eta: it must still equal the class means of the given labels,
+  # while mu has moved away from them.
+  state = ocp.StandardCheckpointer().restore(
+      tmp_path / "vibe" / "checkpoints" / "60" / "default")
+  means = class_means(data.train_features, data.train_labels, 4)
+  np.testing.assert_allclose(state["params"]["head"]["eta"], means, atol=1e-6)
+  assert not np.allclose(state["params"]["head"]["mu"], means, atol=1e-3)
