@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from vibe_jax import estep, mstep
+from vibe_jax import estep, mstep, sharding
 from vibe_jax.checkpoint import Checkpointer
 from vibe_jax.data import FeatureData, badnets_digits, load_npz
 from vibe_jax.errors import InputError
@@ -107,10 +107,11 @@ def evaluate(model: VIBEModel, state: mstep.TrainState, features: np.ndarray,
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  predict = jax.jit(lambda x: jnp.argmax(model.apply(variables, x), axis=1))
+  predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), axis=1))
   correct = 0
   for i in range(0, len(features), batch_size):
-    correct += int(jnp.sum(predict(features[i:i + batch_size]) == labels[i:i + batch_size]))
+    predicted = predict(variables, features[i:i + batch_size])
+    correct += int(jnp.sum(predicted == labels[i:i + batch_size]))
   return correct / len(features)
 
 
@@ -129,16 +130,17 @@ def estep_metrics(labels: np.ndarray, data: FeatureData) -> dict[str, float]:
   return out
 
 
-def _make_estep(model: VIBEModel, config: ml_collections.ConfigDict,
-                features: jax.Array, labels: jax.Array):
-  """The jitted E-step `(params, uniform_p_yl) -> estep.PseudoLabels`."""
+def _make_estep(model: VIBEModel, config: ml_collections.ConfigDict):
+  """The jitted E-step `(params, features, labels, uniform_p_yl) -> PseudoLabels`."""
   sinkhorn = dict(epsilon=config.estep.epsilon, threshold=config.estep.threshold,
                   max_iterations=config.estep.max_iterations,
                   inner_iterations=config.estep.inner_iterations,
                   reference_iterations=config.estep.reference_iterations)
 
-  @functools.partial(jax.jit, static_argnums=1)
-  def run(params, uniform_p_yl):
+  # The dataset is an argument, not a closure: closed-over arrays would be baked
+  # into the compiled program as constants.
+  @functools.partial(jax.jit, static_argnums=3)
+  def run(params, features, labels, uniform_p_yl):
     variables = {"params": params}
     fn = lambda x, y: model.apply(variables, x, y, uniform_p_yl, method="log_joint")
     log_p = estep.dataset_log_joint(fn, features, labels,
@@ -171,12 +173,18 @@ def fit(
   start = int(state.step)
   if restored is not None:
     _log.info("[%s] resuming from the checkpoint at step %d", name, start)
-  features = jnp.asarray(data.train_features)
-  given = jnp.asarray(data.train_labels)
-  batches = _Batches(len(given), config.batch_size, config.seed)
+  mesh = sharding.data_mesh()
+  everywhere, rows = sharding.replicated(mesh), sharding.batch_rows(mesh)
+  batches = _Batches(len(data.train_labels), config.batch_size, config.seed)
+  sharding.check_batch_size(batches.batch_size, mesh)
+  state = jax.device_put(state, everywhere)
+  features = jax.device_put(data.train_features, everywhere)
+  given = jax.device_put(data.train_labels, everywhere)
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state, index):
+  @functools.partial(jax.jit, donate_argnums=0,
+                     in_shardings=(everywhere, everywhere, everywhere, rows),
+                     out_shardings=(everywhere, everywhere))
+  def step(state, features, given, index):
     batch = {"x": features[index], "y": given[index], "index": index}
     return step_fn(state, batch)
 
@@ -185,7 +193,8 @@ def fit(
                   mininterval=1.0, disable=not config.progress_bar)
   for t in bar:
     if estep_fn is not None and t % config.estep.period == 0:
-      result = estep_fn(state.params, t == 0 and config.estep.uniform_first)
+      result = estep_fn(state.params, features, given,
+                        t == 0 and config.estep.uniform_first)
       state = state.replace(pseudo_labels=result.labels)
       row = {"stage": name, "step": t, "event": "estep",
              "sinkhorn_iterations": int(result.iterations),
@@ -200,7 +209,7 @@ def fit(
                 if "true_agreement" in row else "",
                 f", poisoned relabelled {100 * row['poisoned_relabelled']:.1f}%"
                 if "poisoned_relabelled" in row else "")
-    state, metrics = step(state, batches(t))
+    state, metrics = step(state, features, given, batches(t))
     done = t + 1
     if done % config.log_every == 0 or done == num_steps:
       row = {"stage": name, "step": done, "event": "train",
@@ -252,8 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   began = time.time()
   state = _initial_state(model, data, tx, rng)
-  estep_fn = _make_estep(model, config, jnp.asarray(data.train_features),
-                         jnp.asarray(data.train_labels))
+  estep_fn = _make_estep(model, config)
   state = fit(name="vibe", state=state, step_fn=mstep.make_vibe_step(model, tx),
               data=data, config=config, workdir=workdir, log=log, estep_fn=estep_fn)
   labels = np.asarray(state.pseudo_labels)
