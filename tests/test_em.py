@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from configs import vibe_a_features
 from vibe_jax import em
 from vibe_jax.data import FeatureData
+from vibe_jax.errors import InputError
 from vibe_jax.models import class_means
 
 
@@ -54,6 +56,7 @@ def test_train_and_evaluate_in_memory(tmp_path):
   assert esteps == [0, 20, 40]
   assert (tmp_path / "vibe" / "checkpoints" / "60").is_dir()
   assert (tmp_path / "baseline" / "checkpoints" / "60").is_dir()
+  assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # VIBE-A freezes eta: it must still equal the class means of the given labels,
   # while mu has moved away from them.
   state = ocp.StandardCheckpointer().restore(
@@ -71,6 +74,21 @@ import jax
 assert jax.device_count() == 2, jax.devices()
 em.train_and_evaluate(_small_config(), sys.argv[1], data=_clusters())
 """
+
+
+def test_a_failing_rerun_keeps_the_finished_checkpoints(tmp_path):
+  first = em.train_and_evaluate(_small_config(), str(tmp_path), data=_clusters())
+  directory = tmp_path / "vibe" / "checkpoints"
+  before = sorted(p.name for p in directory.iterdir())
+  bad = _clusters()._replace(test_features=np.zeros((5, 3), np.float32))
+  with pytest.raises(InputError, match="test_features"):
+    em.train_and_evaluate(_small_config(), str(tmp_path), data=bad)
+  assert sorted(p.name for p in directory.iterdir()) == before
+  # And a rerun of the finished run restores the last step and changes nothing.
+  again = em.train_and_evaluate(_small_config(), str(tmp_path), data=_clusters())
+  assert sorted(p.name for p in directory.iterdir()) == before
+  for key in ("clean_acc", "asr", "pseudo_true_agreement"):
+    assert again["rows"][-1][key] == first["rows"][-1][key]
 
 
 def _small_config():

@@ -5,7 +5,8 @@ no-defense baseline (the same classifier, cross-entropy on the given labels), th
 VIBE: an E-step every `estep.period` M-steps (uniform p(y|l) at the first one, as
 the reference, switchable), M-steps on shuffled batches. Each stage checkpoints in
 `workdir/<stage>/checkpoints` and resumes from there. Results go to
-`workdir/results.json`, `workdir/results.md` and `workdir/metrics.jsonl`.
+`workdir/results.json`, `workdir/results.md`, `workdir/metrics.jsonl` and
+`workdir/curves.png`.
 
 Deviation from the reference: batches have a fixed size (the last incomplete batch
 of an epoch is skipped rather than used), so the jitted step compiles once.
@@ -189,6 +190,7 @@ def fit(
     return step_fn(state, batch)
 
   num_steps = config.num_steps
+  window = []  # metrics of the steps since the last log line, averaged there
   bar = tqdm.tqdm(range(start, num_steps), desc=name, initial=start, total=num_steps,
                   mininterval=1.0, disable=not config.progress_bar)
   for t in bar:
@@ -210,10 +212,12 @@ def fit(
                 f", poisoned relabelled {100 * row['poisoned_relabelled']:.1f}%"
                 if "poisoned_relabelled" in row else "")
     state, metrics = step(state, features, given, batches(t))
+    window.append(metrics)  # device arrays: no host sync until the log line
     done = t + 1
     if done % config.log_every == 0 or done == num_steps:
-      row = {"stage": name, "step": done, "event": "train",
-             **{k: float(v) for k, v in metrics.items()}}
+      means = jax.tree_util.tree_map(lambda *v: float(jnp.mean(jnp.stack(v))), *window)
+      window = []
+      row = {"stage": name, "step": done, "event": "train", **means}
       bar.set_postfix(loss=f"{row['loss']:.4f}")
       log(row)
     if done % config.checkpoint.every == 0 or done == num_steps:
@@ -278,4 +282,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              "config": json.loads(config.to_json_best_effort())}
   report.write_results(workdir, results)
   log.close()
+  report.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
   return results

@@ -4,7 +4,7 @@ import json
 import pathlib
 from typing import Any
 
-__all__ = ["JsonLines", "markdown_table", "write_results"]
+__all__ = ["JsonLines", "markdown_table", "plot_curves", "write_results"]
 
 
 class JsonLines:
@@ -41,3 +41,36 @@ def write_results(workdir: pathlib.Path, results: dict[str, Any]) -> None:
   text = (markdown_table(results["rows"]) +
           f"\nseed {results['seed']}, commit {prov['commit']}, device {prov['device']}\n")
   (workdir / "results.md").write_text(text)
+
+
+def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
+  """Draws training curves from metrics.jsonl into a PNG.
+
+  Left: the loss of each stage against the step. Right: after each E-step, the
+  pseudo-labels' agreement with the given and the true labels and the share of
+  poisoned examples relabelled.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+  for stage in dict.fromkeys(r["stage"] for r in rows):
+    train = [r for r in rows if r["stage"] == stage and r["event"] == "train"]
+    left.plot([r["step"] for r in train], [r["loss"] for r in train], label=stage)
+  left.set(xlabel="step", ylabel="loss", title="M-step loss")
+  left.legend()
+  esteps = [r for r in rows if r["event"] == "estep"]
+  for key, label in (("given_agreement", "= given label"),
+                     ("true_agreement", "= true label"),
+                     ("poisoned_relabelled", "poisoned relabelled")):
+    points = [(r["step"], 100 * r[key]) for r in esteps if key in r]
+    if points:
+      right.plot(*zip(*points), marker="o", label=label)
+  right.set(xlabel="step", ylabel="% of training examples", title="E-step pseudo-labels",
+            ylim=(0, 101))
+  right.legend()
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
