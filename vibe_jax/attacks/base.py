@@ -1,0 +1,119 @@
+"""The attack interface and the registry.
+
+An attack is a frozen dataclass: its fields are the attack's parameters, and
+`apply(images, indices)` is a pure, deterministic function of (pixels, example
+indices, seed, parameters). Everything random about an attack (a warp field, a
+noise trigger) is drawn from `seed` when the attack is built, so every place that
+reads the data (training pipeline, E-step feature pass, test set) gets the same
+pixels.
+
+Images are uint8 arrays (B, H, W, 3) in NumPy, as decoded from disk; poisoning
+happens before augmentation and normalisation, as in the reference (spec 10.2).
+"""
+
+import dataclasses
+from typing import Callable, ClassVar, Optional
+
+import numpy as np
+
+__all__ = ["Attack", "register", "build", "names"]
+
+_REGISTRY: dict[str, type["Attack"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+  """Base class of all attacks.
+
+  Attributes:
+    image_size: side of the (square) images the attack is built for.
+    seed: seeds everything random about the attack (and the poisoned index set).
+    target: target class of an all-to-one attack; -1 for all-to-all.
+    rate: share of the training set to poison (of the target class when
+      `clean_label`).
+    num_classes: K, for all-to-all relabelling (y + 1) mod K.
+  """
+
+  image_size: int = 32
+  seed: int = 0
+  target: int = 0
+  rate: float = 0.1
+  num_classes: int = 10
+
+  name: ClassVar[str] = ""
+  clean_label: ClassVar[bool] = False
+
+  def apply(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Returns the triggered copies of uint8 `images` (B, H, W, 3)."""
+    raise NotImplementedError
+
+  def poison_labels(self, labels: np.ndarray) -> np.ndarray:
+    """The labels poisoned examples get: the target, or (y + 1) mod K (all-to-all)."""
+    labels = np.asarray(labels)
+    if self.clean_label:
+      return labels.copy()
+    if self.target < 0:
+      return ((labels + 1) % self.num_classes).astype(labels.dtype)
+    return np.full_like(labels, self.target)
+
+  def poison(self, images: np.ndarray, labels: np.ndarray,
+             indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Triggered images and their attack labels."""
+    return self.apply(images, indices), self.poison_labels(labels)
+
+  def check_images(self, images: np.ndarray) -> None:
+    """Raises ValueError unless `images` is uint8 (B, image_size, image_size, 3)."""
+    s = self.image_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
+      raise ValueError(f"attack {self.name!r} expects uint8 images of shape "
+                       f"(B, {s}, {s}, 3), got {images.dtype} {images.shape}")
+
+
+def register(name: str) -> Callable[[type[Attack]], type[Attack]]:
+  """Class decorator adding an attack to the registry under `name`."""
+
+  def wrap(cls):
+    if name in _REGISTRY:
+      raise ValueError(f"attack {name!r} is registered twice")
+    cls.name = name
+    _REGISTRY[name] = cls
+    return cls
+
+  return wrap
+
+
+def names() -> list[str]:
+  """The registered attack names."""
+  return sorted(_REGISTRY)
+
+
+def build(name: str, **params) -> Attack:
+  """The attack `name` with `params` (its dataclass fields).
+
+  Raises:
+    ValueError: unknown attack name or parameter, naming it and the choices.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(names())}")
+  cls = _REGISTRY[name]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(params) - fields)
+  if unknown:
+    raise ValueError(f"attack {name!r} has no parameter(s) {unknown}; it has "
+                     f"{sorted(fields)}")
+  return cls(**params)
+
+
+def load_trigger_image(path: Optional[str], size: int) -> Optional[np.ndarray]:
+  """Reads an RGB trigger image from `path`, resized (bicubic) to size x size."""
+  if not path:
+    return None
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  try:
+    image = Image.open(path).convert("RGB")
+  except FileNotFoundError as error:
+    raise ValueError(f"trigger image {path!r} does not exist") from error
+  if image.size != (size, size):
+    image = image.resize((size, size), Image.BICUBIC)
+  return np.asarray(image, np.uint8)
