@@ -47,6 +47,15 @@ class Attack:
     """Returns the triggered copies of uint8 `images` (B, H, W, 3)."""
     raise NotImplementedError
 
+  def for_role(self, role: str) -> "Attack":
+    """The attack as one dataset object ("train", "train_plain", "test") sees it.
+
+    The same attack for every role, except where a reference quirk is switched on
+    (WaNet's per-dataset fields).
+    """
+    del role
+    return self
+
   def poison_labels(self, labels: np.ndarray) -> np.ndarray:
     """The labels poisoned examples get: the target, or (y + 1) mod K (all-to-all)."""
     labels = np.asarray(labels)
