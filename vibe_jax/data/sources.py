@@ -26,8 +26,8 @@ from PIL import Image
 
 from vibe_jax.errors import InputError, MissingFileError
 
-__all__ = ["DatasetInfo", "DATASETS", "ImageSource", "ImageFolderSource", "TfdsSource",
-           "open_source", "dataset_info"]
+__all__ = ["DatasetInfo", "DATASETS", "ImageSource", "ArraySource", "ImageFolderSource",
+           "TfdsSource", "open_source", "dataset_info"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -83,6 +83,29 @@ class ImageSource:
   def images(self, indices: Sequence[int]) -> np.ndarray:
     """The decoded images at `indices`, stacked (B, H, W, 3) uint8."""
     return np.stack([self[int(i)][0] for i in indices])
+
+
+class ArraySource(ImageSource):
+  """Images already in memory: uint8 (N, H, W, 3) and (N,) labels."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray,
+               num_classes: Optional[int] = None):
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+      raise InputError(f"images must be uint8 (N, H, W, 3), got {images.dtype} "
+                       f"{images.shape}")
+    if len(labels) != len(images):
+      raise InputError(f"{len(images)} images but {len(labels)} labels")
+    self._images = images
+    self.labels = np.asarray(labels, np.int32)
+    self.num_classes = num_classes or int(self.labels.max()) + 1
+    self.image_size = images.shape[1]
+
+  def __getitem__(self, index):
+    return self._images[index], int(self.labels[index])
+
+  def images(self, indices):
+    return self._images[np.asarray(indices)]
 
 
 def _to_rgb_array(value: Any, size: Optional[int]) -> np.ndarray:
