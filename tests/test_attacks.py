@@ -47,13 +47,17 @@ def test_training_and_test_triggers_are_identical(name):
   plain = train.with_role("train_plain")  # the E-step's un-augmented view
   test = TriggeredTestSet(source, attack)
   for i in np.flatnonzero(train.poisoned)[:5]:
-    j = int(np.flatnonzero(test.indices == i)[0]) if i in test.indices else None
     np.testing.assert_array_equal(train[i]["image"], plain[i]["image"])
-    if j is not None:
-      np.testing.assert_array_equal(train[i]["image"], test[j]["image"])
-    # And the batch call equals the per-example call.
+    # The batch call equals the per-example call.
     batch = attack.apply(source.images([i]), np.asarray([i]))[0]
     np.testing.assert_array_equal(train[i]["image"], batch)
+  for j in range(0, len(test), 37):
+    i = test.indices[j]
+    want = attack.apply_test(source.images([i]), np.asarray([i]))[0]
+    np.testing.assert_array_equal(test[j]["image"], want)
+    if not name.startswith("adap_"):  # the adaptive attacks test a stronger trigger
+      np.testing.assert_array_equal(
+          test[j]["image"], attack.apply(source.images([i]), np.asarray([i]))[0])
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -156,3 +160,28 @@ def test_wrong_image_shape_is_named():
     attacks.build("blend").apply(np.zeros((1, 28, 28, 3), np.uint8), np.zeros(1))
   assert isinstance(poison_train_set(_source(n=20), attacks.build("badnets")),
                     PoisonedTrainSet)
+
+
+def test_adaptive_attacks_add_cover_samples_and_vary_the_trigger():
+  source = _source(n=400)
+  for name in ("adap_blend", "adap_patch"):
+    attack = attacks.build(name, seed=0)
+    train = poison_train_set(source, attack)
+    assert train.poisoned.sum() == 4 and train.covered.sum() == 4
+    assert not np.any(train.poisoned & train.covered)
+    covers = np.flatnonzero(train.covered)
+    np.testing.assert_array_equal(train.given_labels[covers], source.labels[covers])
+    i = covers[0]
+    assert not np.array_equal(train[i]["image"], source[i][0])  # covers are triggered
+    assert train.metadata()["cover_indices"] == covers.tolist()
+  blend = attacks.build("adap_blend")
+  masks = [blend.piece_mask(i) for i in range(6)]
+  assert all(m.mean() == 0.5 for m in masks)  # half of the 16 pieces hidden
+  assert len({m.tobytes() for m in masks}) > 1
+  patch = attacks.build("adap_patch")
+  assert len({patch.patch_of(i) for i in range(40)}) == 4
+  zeros = np.zeros((1, 32, 32, 3), np.uint8)
+  full = patch.apply_test(zeros, np.zeros(1))[0]
+  for j in (0, 2):
+    mark, mask = patch.patches[j]
+    np.testing.assert_array_equal(full[mask > 0], mark[mask > 0])  # opacity 1

@@ -32,6 +32,8 @@ class Attack:
     rate: share of the training set to poison (of the target class when
       `clean_label`).
     num_classes: K, for all-to-all relabelling (y + 1) mod K.
+    cover_rate: share of the training set triggered but left with its true label
+      ("cover" samples of the adaptive attacks; 0 for the others).
   """
 
   image_size: int = 32
@@ -39,13 +41,22 @@ class Attack:
   target: int = 0
   rate: float = 0.1
   num_classes: int = 10
+  cover_rate: float = 0.0
 
   name: ClassVar[str] = ""
   clean_label: ClassVar[bool] = False
 
   def apply(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Returns the triggered copies of uint8 `images` (B, H, W, 3)."""
+    """Returns the triggered copies of uint8 `images` (B, H, W, 3), as in training.
+
+    `indices` are the examples' positions in their split; attacks whose trigger
+    varies per example draw it from (seed, index).
+    """
     raise NotImplementedError
+
+  def apply_test(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The test-time trigger: the training one, except for the adaptive attacks."""
+    return self.apply(images, indices)
 
   def for_role(self, role: str) -> "Attack":
     """The attack as one dataset object ("train", "train_plain", "test") sees it.

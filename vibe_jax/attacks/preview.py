@@ -5,8 +5,9 @@
 
 --dataset takes a TFDS name (with --data_dir) or an image-folder path. One image of
 each of the first --num classes (other than an all-to-one attack's target) is shown;
-32px images are enlarged 4x (nearest neighbour) so the trigger is visible. A third
-row shows the amplified difference.
+32px images are enlarged 4x (nearest neighbour) so the trigger is visible. Rows:
+clean, poisoned as in training, poisoned as at test time (only when the attack's
+test trigger differs, as for the adaptive attacks), and the difference x 4.
 """
 
 import sys
@@ -25,11 +26,15 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to take images from.")
 
 
-def preview_grid(clean: np.ndarray, poisoned: np.ndarray, gap: int = 2) -> np.ndarray:
-  """(3 rows) clean, poisoned, and |difference| x 4, as one uint8 image."""
+def preview_grid(clean: np.ndarray, poisoned: np.ndarray, test: np.ndarray | None = None,
+                 gap: int = 2) -> np.ndarray:
+  """Rows: clean, poisoned (training trigger), the test trigger if it differs, and
+  |training difference| x 4; one uint8 image."""
   diff = np.clip(np.abs(poisoned.astype(int) - clean.astype(int)) * 4, 0, 255)
   rows = []
-  for row in (clean, poisoned, diff.astype(np.uint8)):
+  for row in (clean, poisoned, test, diff.astype(np.uint8)):
+    if row is None:
+      continue
     tiles = [np.pad(t, ((gap, gap), (gap, gap), (0, 0)), constant_values=255) for t in row]
     rows.append(np.concatenate(tiles, axis=1))
   return np.concatenate(rows, axis=0)
@@ -52,10 +57,12 @@ def main(argv):
   indices = np.asarray([np.flatnonzero(source.labels == c)[0] for c in classes])
   clean = source.images(indices)
   poisoned = attack.apply(clean, indices)
+  test = attack.apply_test(clean, indices)
+  test = None if np.array_equal(test, poisoned) else test
   if info.image_size <= 64:
-    clean, poisoned = (np.repeat(np.repeat(a, 4, axis=1), 4, axis=2)
-                       for a in (clean, poisoned))
-  Image.fromarray(preview_grid(clean, poisoned)).save(_OUT.value)
+    enlarge = lambda a: None if a is None else np.repeat(np.repeat(a, 4, axis=1), 4, axis=2)
+    clean, poisoned, test = enlarge(clean), enlarge(poisoned), enlarge(test)
+  Image.fromarray(preview_grid(clean, poisoned, test)).save(_OUT.value)
   print(f"wrote {_OUT.value}: {len(indices)} images, attack {attack.name}, "
         f"labels {source.labels[indices].tolist()} -> "
         f"{attack.poison_labels(source.labels[indices]).tolist()}")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-__all__ = ["poisoned_indices"]
+__all__ = ["poisoned_indices", "cover_indices"]
 
 
 def poisoned_indices(
@@ -37,3 +37,17 @@ def poisoned_indices(
   if count > len(pool):
     raise ValueError(f"cannot poison {count} examples: only {len(pool)} are eligible")
   return np.sort(pool[:count])
+
+
+def cover_indices(num_examples: int, rate: float, exclude: np.ndarray, seed: int
+                  ) -> np.ndarray:
+  """Sorted indices of int(rate * N) cover examples, none of them in `exclude`.
+
+  Cover examples (adaptive attacks) carry the trigger but keep their label; they are
+  drawn from every class with a permutation of their own, from `seed`.
+  """
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"cover rate must be in [0, 1], got {rate}")
+  perm = np.random.default_rng((seed, 0xC0FE)).permutation(num_examples)
+  pool = perm[~np.isin(perm, exclude)]
+  return np.sort(pool[:int(rate * num_examples)])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vibe_jax.attacks.base import Attack
-from vibe_jax.attacks.selection import poisoned_indices
+from vibe_jax.attacks.selection import cover_indices, poisoned_indices
 from vibe_jax.data.sources import ImageSource
 
 __all__ = ["PoisonedTrainSet", "TriggeredTestSet", "CleanSet", "poison_train_set"]
@@ -28,8 +28,9 @@ class PoisonedTrainSet:
 
   source: ImageSource
   attack: Attack
-  poisoned: np.ndarray  # (N,) bool
+  poisoned: np.ndarray  # (N,) bool: triggered and relabelled
   given_labels: np.ndarray  # (N,) int32
+  covered: np.ndarray  # (N,) bool: triggered, label kept (adaptive attacks)
 
   @property
   def true_labels(self) -> np.ndarray:
@@ -42,7 +43,7 @@ class PoisonedTrainSet:
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
     image, label = self.source[index]
-    if self.poisoned[index]:
+    if self.poisoned[index] or self.covered[index]:
       image = self.attack.apply(image[None], np.asarray([index]))[0]
     return {"image": image, "label": int(self.given_labels[index]),
             "true_label": label, "index": index, "poisoned": bool(self.poisoned[index])}
@@ -57,7 +58,8 @@ class PoisonedTrainSet:
               for f in dataclasses.fields(self.attack)}
     return {"attack": self.attack.name, "params": params,
             "num_examples": len(self), "num_poisoned": int(self.poisoned.sum()),
-            "poisoned_indices": np.flatnonzero(self.poisoned).tolist()}
+            "poisoned_indices": np.flatnonzero(self.poisoned).tolist(),
+            "cover_indices": np.flatnonzero(self.covered).tolist()}
 
   def write_metadata(self, path: str | os.PathLike) -> None:
     """Writes `metadata()` as JSON."""
@@ -73,8 +75,10 @@ def poison_train_set(source: ImageSource, attack: Attack) -> PoisonedTrainSet:
   poisoned[chosen] = True
   given = source.labels.copy()
   given[chosen] = attack.poison_labels(source.labels[chosen])
+  covered = np.zeros(len(source), bool)
+  covered[cover_indices(len(source), attack.cover_rate, chosen, attack.seed)] = True
   return PoisonedTrainSet(source, attack.for_role("train"), poisoned,
-                          given.astype(np.int32))
+                          given.astype(np.int32), covered)
 
 
 class CleanSet:
@@ -114,6 +118,6 @@ class TriggeredTestSet:
   def __getitem__(self, i: int) -> dict[str, Any]:
     index = int(self.indices[i])
     image, label = self.source[index]
-    image = self.attack.apply(image[None], np.asarray([index]))[0]
+    image = self.attack.apply_test(image[None], np.asarray([index]))[0]
     return {"image": image, "label": int(self.labels[i]), "true_label": label,
             "index": index, "poisoned": True}
