@@ -65,10 +65,17 @@ def test_poisoned_count_labels_and_asr_set(name):
   source = _source(n=300)
   attack = attacks.build(name, seed=0, rate=0.1)
   train = poison_train_set(source, attack)
-  assert train.poisoned.sum() == int(0.1 * 300)
   test = TriggeredTestSet(source, attack)
   untouched = ~train.poisoned
   np.testing.assert_array_equal(train.given_labels[untouched], source.labels[untouched])
+  if attack.clean_label:  # lc: a share of the target class, labels unchanged
+    assert train.poisoned.sum() == int(0.1 * np.sum(source.labels == attack.target))
+    assert np.all(source.labels[train.poisoned] == attack.target)
+    np.testing.assert_array_equal(train.given_labels, source.labels)
+    assert not np.any(source.labels[test.indices] == attack.target)
+    assert np.all(test.labels == attack.target)
+    return
+  assert train.poisoned.sum() == int(0.1 * 300)
   if attack.target >= 0:
     assert np.all(train.given_labels[train.poisoned] == attack.target)
     assert np.all(source.labels[train.poisoned] != attack.target)
@@ -185,3 +192,44 @@ def test_adaptive_attacks_add_cover_samples_and_vary_the_trigger():
   for j in (0, 2):
     mark, mask = patch.patches[j]
     np.testing.assert_array_equal(full[mask > 0], mark[mask > 0])  # opacity 1
+
+
+def test_lc_corner_pattern_and_perturbation_cache(tmp_path):
+  attack = attacks.build("lc")
+  out = attack.apply_test(np.full((1, 32, 32, 3), 128, np.uint8), np.zeros(1))[0]
+  np.testing.assert_array_equal(out[:3, :3, 0] // 255, [[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+  np.testing.assert_array_equal(out[:3, -3:, 1] // 255, [[0, 0, 1], [0, 1, 0], [1, 0, 1]])
+  np.testing.assert_array_equal(out[-3:, -3:, 2] // 255, [[0, 0, 1], [0, 1, 0], [1, 0, 1]])
+  assert np.all(out[3:-3, 3:-3] == 128) and np.all(out[:3, 3:-3] == 128)
+
+  source = _source(n=100)
+  chosen = poison_train_set(source, attack).poisoned
+  idx = np.flatnonzero(chosen)
+  perturbed = np.full((len(idx), 32, 32, 3), 7, np.uint8)
+  np.savez(tmp_path / "c.npz", indices=idx, images=perturbed)
+  with_cache = attacks.build("lc", perturbation_path=str(tmp_path / "c.npz"))
+  train = poison_train_set(source, with_cache)
+  image = train[idx[0]]["image"]
+  assert np.all(image[5:-5, 5:-5] == 7)  # the perturbed image, then the trigger
+  np.testing.assert_array_equal(image[:3, :3, 0] // 255, [[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+  test = TriggeredTestSet(source, with_cache)
+  assert not np.all(test[0]["image"][5:-5, 5:-5] == 7)  # test images are not perturbed
+  np.savez(tmp_path / "short.npz", indices=idx[:-1], images=perturbed[:-1])
+  with pytest.raises(ValueError, match="lacks 1 poisoned indices"):
+    poison_train_set(source, attacks.build("lc", perturbation_path=str(tmp_path / "short.npz")))
+
+
+def test_pgd_stays_in_the_budget_and_raises_the_loss():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from vibe_jax.attacks.lc_perturb import pgd_linf  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=(8 * 8 * 3, 4)), jnp.float32)
+  logits_fn = lambda x: x.reshape(len(x), -1) @ w
+  x = jnp.asarray(rng.uniform(0.2, 0.8, (6, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, 6))
+  adv = pgd_linf(logits_fn, x, y, eps=4 / 255, step=1 / 255, steps=10)
+  assert float(jnp.max(jnp.abs(adv - x))) <= 4 / 255 + 1e-6
+  loss = lambda z: optax.softmax_cross_entropy_with_integer_labels(logits_fn(z), y).mean()
+  assert float(loss(adv)) > float(loss(x))

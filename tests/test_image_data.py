@@ -154,3 +154,24 @@ def test_preview_names_an_unknown_attack(tmp_path):
                         f"--dataset={root}", f"--out={tmp_path / 'p.png'}"], cwd=ROOT,
                        capture_output=True, text=True)
   assert run.returncode != 0 and "unknown attack 'nope'" in run.stderr
+
+
+def test_lc_perturb_writes_the_cache_the_attack_reads(tmp_path):
+  root = _folder(tmp_path / "data", per_class=8)
+  out = tmp_path / "lc.npz"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = subprocess.run([sys.executable, "-m", "vibe_jax.attacks.lc_perturb",
+                        f"--dataset={root}", f"--out={out}", "--epochs=1",
+                        "--batch_size=8", "--rate=0.5"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  assert "misclassified after PGD" in run.stdout
+  source = sources.open_source(str(root), "train")
+  attack = attacks.build("lc", rate=0.5, perturbation_path=str(out))
+  train = poison_train_set(source, attack)
+  with np.load(out) as cache:
+    np.testing.assert_array_equal(cache["indices"], np.flatnonzero(train.poisoned))
+    i = int(cache["indices"][0])
+    clean = source[i][0].astype(int)
+    delta = np.abs(cache["images"][0].astype(int) - clean)
+    assert delta.max() <= 17 and delta.max() > 0  # eps = 16/255, truncation adds 1

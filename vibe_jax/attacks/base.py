@@ -58,6 +58,10 @@ class Attack:
     """The test-time trigger: the training one, except for the adaptive attacks."""
     return self.apply(images, indices)
 
+  def validate_poisoned(self, poisoned: np.ndarray) -> None:
+    """Checks that the attack can poison these indices (a cache may lack some)."""
+    del poisoned
+
   def for_role(self, role: str) -> "Attack":
     """The attack as one dataset object ("train", "train_plain", "test") sees it.
 
@@ -67,14 +71,19 @@ class Attack:
     del role
     return self
 
-  def poison_labels(self, labels: np.ndarray) -> np.ndarray:
-    """The labels poisoned examples get: the target, or (y + 1) mod K (all-to-all)."""
+  def attack_labels(self, labels: np.ndarray) -> np.ndarray:
+    """What the attacker wants triggered images classified as: the target, or
+    (y + 1) mod K for all-to-all. The ASR test set's labels."""
     labels = np.asarray(labels)
-    if self.clean_label:
-      return labels.copy()
     if self.target < 0:
       return ((labels + 1) % self.num_classes).astype(labels.dtype)
     return np.full_like(labels, self.target)
+
+  def poison_labels(self, labels: np.ndarray) -> np.ndarray:
+    """The labels poisoned training examples get: `attack_labels`, or their own
+    labels for a clean-label attack."""
+    labels = np.asarray(labels)
+    return labels.copy() if self.clean_label else self.attack_labels(labels)
 
   def poison(self, images: np.ndarray, labels: np.ndarray,
              indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

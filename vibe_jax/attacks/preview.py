@@ -65,7 +65,7 @@ def main(argv):
   Image.fromarray(preview_grid(clean, poisoned, test)).save(_OUT.value)
   print(f"wrote {_OUT.value}: {len(indices)} images, attack {attack.name}, "
         f"labels {source.labels[indices].tolist()} -> "
-        f"{attack.poison_labels(source.labels[indices]).tolist()}")
+        f"{attack.attack_labels(source.labels[indices]).tolist()}")
 
 
 if __name__ == "__main__":

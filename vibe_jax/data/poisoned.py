@@ -71,6 +71,7 @@ def poison_train_set(source: ImageSource, attack: Attack) -> PoisonedTrainSet:
   """Chooses the poisoned examples from the attack's seed and relabels them."""
   chosen = poisoned_indices(source.labels, attack.rate, attack.target, attack.seed,
                             clean_label=attack.clean_label)
+  attack.validate_poisoned(chosen)
   poisoned = np.zeros(len(source), bool)
   poisoned[chosen] = True
   given = source.labels.copy()
@@ -110,7 +111,7 @@ class TriggeredTestSet:
     if attack.target >= 0:
       keep = source.labels != attack.target
     self.indices = np.flatnonzero(keep)
-    self.labels = attack.poison_labels(source.labels[self.indices]).astype(np.int32)
+    self.labels = attack.attack_labels(source.labels[self.indices]).astype(np.int32)
 
   def __len__(self) -> int:
     return len(self.indices)
