@@ -55,13 +55,14 @@ class WaNet(Attack):
   """All-to-one WaNet.
 
   Attributes:
-    k: control-point grid side (4 for CIFAR; the reference uses 224 at 224px).
+    k: control-point grid side; 0 picks the reference's: 4 for images up to 64px,
+      the image size (an unsmoothed per-pixel field) above.
     s: warp strength.
     independent_fields: the reference's separate field per dataset object.
     role: which dataset object this is ("" unless `independent_fields`).
   """
 
-  k: int = 4
+  k: int = 0
   s: float = 1.0
   independent_fields: bool = False
   role: str = ""
@@ -76,9 +77,10 @@ class WaNet(Attack):
     h = self.image_size
     salt = zlib.crc32(self.role.encode()) if self.independent_fields else 0
     rng = np.random.default_rng((self.seed, 0x3A7E7, salt))
-    ins = rng.uniform(-1.0, 1.0, (2, self.k, self.k))
+    k = self.k or (4 if h <= 64 else h)
+    ins = rng.uniform(-1.0, 1.0, (2, k, k))
     ins = ins / np.mean(np.abs(ins))
-    up = bicubic_matrix(self.k, h)
+    up = bicubic_matrix(k, h)
     noise = np.einsum("hk,ckl,wl->hwc", up, ins, up)  # (H, W, 2)
     axis = np.linspace(-1.0, 1.0, h)
     identity = np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1)  # (x, y)
