@@ -84,15 +84,19 @@ def test_tfds_source_reads_through_data_source_without_tensorflow():
   assert "tensorflow" not in sys.modules or sys.modules["tensorflow"] is None
 
 
-def test_train_pipeline_is_a_function_of_seed_and_step():
+@pytest.mark.parametrize("attack", attacks.names())
+def test_train_pipeline_is_a_function_of_seed_and_step(attack):
   rng = np.random.default_rng(0)
   source = sources.ArraySource(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
                                np.arange(40) % 4)
   info = sources.DATASETS["cifar10"]
-  train = poison_train_set(source, attacks.build("badnets", num_classes=4))
+  params = dict(num_classes=4, rate=0.25, seed=5)
+  train = poison_train_set(source, attacks.build(attack, **params))
   a = pipeline.train_pipeline(train, info, batch_size=8, seed=1)
-  b = pipeline.train_pipeline(poison_train_set(source, attacks.build("badnets")), info,
-                              batch_size=8, seed=1)
+  # A second, independent instance: new source, attack and pipeline objects.
+  again = sources.ArraySource(source.images(range(40)).copy(), np.arange(40) % 4)
+  b = pipeline.train_pipeline(poison_train_set(again, attacks.build(attack, **params)),
+                              info, batch_size=8, seed=1)
   for step in (0, 4, 7):  # 7 is in the second epoch
     for key in ("image", "label", "index", "poisoned", "true_label"):
       np.testing.assert_array_equal(a[step][key], b[step][key])
