@@ -20,33 +20,9 @@ import zlib
 import numpy as np
 
 from vibe_jax.attacks.base import Attack, register
+from vibe_jax.resize import bicubic_matrix
 
-__all__ = ["WaNet", "bicubic_matrix"]
-
-
-def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
-  """torch's 4-tap cubic convolution weights for fractional offsets t, (..., 4)."""
-
-  def near(x):  # |x| <= 1
-    return ((a + 2) * x - (a + 3)) * x * x + 1
-
-  def far(x):  # 1 < |x| < 2
-    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
-
-
-def bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """(size_out, size_in) matrix of torch's bicubic resize with align_corners=True."""
-  scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-  real = scale * np.arange(size_out)
-  base = np.floor(real).astype(int)
-  weights = _cubic_weights(real - base)
-  matrix = np.zeros((size_out, size_in))
-  for tap in range(4):
-    idx = np.clip(base - 1 + tap, 0, size_in - 1)  # torch clamps border taps
-    np.add.at(matrix, (np.arange(size_out), idx), weights[:, tap])
-  return matrix
+__all__ = ["WaNet"]
 
 
 @register("wanet")
@@ -80,7 +56,7 @@ class WaNet(Attack):
     k = self.k or (4 if h <= 64 else h)
     ins = rng.uniform(-1.0, 1.0, (2, k, k))
     ins = ins / np.mean(np.abs(ins))
-    up = bicubic_matrix(k, h)
+    up = bicubic_matrix(k, h, align_corners=True)
     noise = np.einsum("hk,ckl,wl->hwc", up, ins, up)  # (H, W, 2)
     axis = np.linspace(-1.0, 1.0, h)
     identity = np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1)  # (x, y)
