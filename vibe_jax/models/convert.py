@@ -1,0 +1,148 @@
+"""PyTorch weights (safetensors state dicts) -> Flax variables for our backbones.
+
+Supported layouts: torchvision ResNets (and solo-learn / MoCo checkpoints of them,
+whose keys carry a `backbone.` or `module.encoder_q.` prefix, spec 8.1) and DINOv2 /
+timm ViTs. Convolution kernels go from OIHW to HWIO, linear weights are transposed,
+BatchNorm running statistics become `batch_stats`. Keys the backbone does not use
+(classifier heads, `mask_token`, momentum encoders, projectors) are dropped; a key
+the backbone needs but the file lacks, or a shape that does not fit, is an error
+naming it.
+
+  python -m vibe_jax.models.convert --backbone=dinov2_vitg14 \
+      --weights=dinov2_vitg14.safetensors --out=dinov2_vitg14.msgpack
+
+Where to get weights: DINOv2 from the facebookresearch/dinov2 release (its `.pth`
+files; save `torch.load(...)` with `safetensors.torch.save_file`), torchvision's
+ResNet-50 from `torchvision.models.resnet50(weights="IMAGENET1K_V2").state_dict()`.
+Nothing is downloaded by this package.
+"""
+
+import re
+import sys
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["load_safetensors", "torch_to_flax", "save_variables", "load_variables"]
+
+_PREFIXES = ("module.encoder_q.", "backbone.", "module.")
+_DROP = re.compile(r"(^fc\.|^head\.|mask_token|num_batches_tracked|encoder_k|^momentum_"
+                   r"|^projector|^predictor|^classifier)")
+
+
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """A state dict from a `.safetensors` file, as NumPy arrays."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  return load_file(path)
+
+
+def _flax_path(key: str) -> tuple[str, tuple[str, ...]]:
+  """(collection, path) of a torch state-dict key in our module tree."""
+  parts = key.split(".")
+  leaf = parts[-1]
+  # Module path: "layer1.0" -> "layer1_0", "blocks.3" -> "blocks_3".
+  names = []
+  for part in parts[:-1]:
+    if part.isdigit() and names:
+      names[-1] = f"{names[-1]}_{part}"
+    else:
+      names.append(part)
+  if names and names[-1] == "downsample_0":
+    names[-1] = "downsample_conv"
+  elif names and names[-1] == "downsample_1":
+    names[-1] = "downsample_bn"
+  if names[:1] == ["patch_embed"]:
+    names = ["patch_embed"]  # patch_embed.proj -> our Conv named patch_embed
+  if leaf in ("running_mean", "running_var"):
+    return "batch_stats", (*names, "mean" if leaf == "running_mean" else "var")
+  if not names:  # cls_token, pos_embed
+    return "params", (leaf,)
+  if leaf == "gamma":  # LayerScale
+    return "params", (*names, "gamma")
+  return "params", (*names, leaf)
+
+
+def torch_to_flax(state_dict: dict[str, np.ndarray], template: Any) -> dict[str, Any]:
+  """Variables shaped like `template` (from `model.init`) filled from `state_dict`.
+
+  Raises:
+    ValueError: a needed key is missing or a shape does not fit (named).
+  """
+  flat_template = flax.traverse_util.flatten_dict(flax.core.unfreeze(template))
+  out = {}
+  for raw_key, value in state_dict.items():
+    key = raw_key
+    for prefix in _PREFIXES:
+      if key.startswith(prefix):
+        key = key[len(prefix):]
+        break
+    if _DROP.search(key):
+      continue
+    collection, path = _flax_path(key)
+    leaf = path[-1]
+    value = np.asarray(value, np.float32)
+    if leaf == "weight":
+      is_norm = (collection, *path[:-1], "scale") in flat_template
+      if is_norm:
+        path = (*path[:-1], "scale")
+      else:
+        path = (*path[:-1], "kernel")
+        value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+    target = (collection, *path)
+    if target not in flat_template:
+      continue  # a part of the checkpoint this backbone does not have
+    want = flat_template[target].shape
+    if value.shape != want:
+      raise ValueError(f"weight {raw_key!r} has shape {value.shape}, the backbone's "
+                       f"{'/'.join(path)} needs {want}")
+    out[target] = value
+  missing = sorted("/".join(k) for k in flat_template if k not in out)
+  if missing:
+    raise ValueError(f"the weights lack {len(missing)} of the backbone's parameters, "
+                     f"e.g. {missing[:5]}")
+  return flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()})
+
+
+def save_variables(variables: Any, path: str) -> None:
+  """Writes Flax variables as msgpack."""
+  with open(path, "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(jax.device_get(variables)))
+
+
+def load_variables(path: str) -> Any:
+  """Reads variables written by `save_variables`."""
+  with open(path, "rb") as f:
+    return flax.serialization.msgpack_restore(f.read())
+
+
+def main(argv):
+  """Command line: see the module docstring."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from vibe_jax.models.backbones import build_backbone  # pylint: disable=g-import-not-at-top
+
+  del argv
+  f = flags.FLAGS
+  model = build_backbone(f.backbone)
+  size = 224 if f.backbone.startswith(("dinov2", "vit", "resnet50")) else 32
+  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, size, size, 3))))
+  try:
+    variables = torch_to_flax(load_safetensors(f.weights), template)
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f"FATAL: {error}")
+  save_variables(variables, f.out)
+  print(f"wrote {f.out}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags as _flags  # pylint: disable=g-import-not-at-top
+
+  _flags.DEFINE_string("backbone", None, "Backbone name (vibe_jax.models.backbones).")
+  _flags.DEFINE_string("weights", None, "PyTorch state dict in .safetensors.")
+  _flags.DEFINE_string("out", None, "Output .msgpack.")
+  _flags.mark_flags_as_required(["backbone", "weights", "out"])
+  app.run(main)
