@@ -9,8 +9,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "npz"  # "npz" (config.data.path) or "digits" (offline quickstart)
+  c.data.source = "npz"  # "npz" (data.path), "digits" (quickstart) or "images"
   c.data.path = ""
+  # source="images": a TFDS name or an image folder, poisoned by data.attack.
+  c.data.dataset = ""
+  c.data.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
+  c.data.attack = "badnets"
+  c.data.attack_params = ml_collections.ConfigDict()  # overrides of the attack's defaults
+  c.data.train_subset = 0  # > 0: a stratified subset of this many training images
+  c.data.test_subset = 0
   c.data.poison_rate = 0.1  # digits only
   c.data.target = 0  # digits only
   c.data.patch = 2  # digits only: trigger side in pixels
@@ -21,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kappa = 10.0  # 10 CIFAR-10 / ImageNet-30, 20 CIFAR-100 / ImageNet-1k
   c.model.nu = 10.0
   c.model.prior_temperature = 0.02
+  c.model.backbone = ""  # "" for feature vectors; a name from models/backbones.py
+  c.model.backbone_weights = ""  # .msgpack from models/convert.py ("" = random init)
 
   c.estep = ml_collections.ConfigDict()
   c.estep.period = 500  # T: M-steps between E-steps (FM 500, SS 1000)
@@ -51,4 +60,5 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.baseline = ml_collections.ConfigDict()
   c.baseline.enabled = True  # also train the no-defense classifier (first row)
+  c.baseline.lr = 0.0  # > 0: one learning rate with cosine decay (standard recipe)
   return c

@@ -1,17 +1,19 @@
-"""The EM loop of VIBE, and the no-defense baseline, on feature matrices.
+"""The EM loop of VIBE, and the no-defense baseline, on features or images.
 
-`train_and_evaluate(config, workdir)` reads the data, optionally trains the
-no-defense baseline (the same classifier, cross-entropy on the given labels), then
-VIBE: an E-step every `estep.period` M-steps (uniform p(y|l) at the first one, as
-the reference, switchable), M-steps on shuffled batches. Each stage checkpoints in
-`workdir/<stage>/checkpoints` and resumes from there. Results go to
-`workdir/results.json`, `workdir/results.md`, `workdir/metrics.jsonl` and
-`workdir/curves.png`.
+`train_and_evaluate(config, workdir)` reads the data (`vibe_jax.data.load`),
+optionally trains the no-defense baseline (the same classifier, cross-entropy on
+the given labels), then VIBE: an E-step every `estep.period` M-steps (uniform
+p(y|l) at the first one, as the reference, switchable), M-steps on shuffled batches.
+With `config.model.backbone` the inputs are poisoned images, augmented inside the
+jitted step (VIBE-SS when the backbone trains, spec 5); without, feature vectors.
+Each stage checkpoints in `workdir/<stage>/checkpoints` and resumes from there.
+Results go to `workdir/results.json`, `results.md`, `metrics.jsonl`, `curves.png`.
 
 Deviation from the reference: batches have a fixed size (the last incomplete batch
 of an epoch is skipped rather than used), so the jitted step compiles once.
 """
 
+import dataclasses
 import functools
 import json
 import logging
@@ -23,59 +25,66 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
-from vibe_jax import estep, mstep, sharding
+from vibe_jax import estep, mstep, report, sharding
 from vibe_jax.checkpoint import Checkpointer
-from vibe_jax.data import FeatureData, badnets_digits, load_npz
+from vibe_jax.data import device
+from vibe_jax.data.features import FeatureData
+from vibe_jax.data.load import load_data
+from vibe_jax.data.sources import DatasetInfo
 from vibe_jax.errors import InputError
-from vibe_jax.models import VIBEHead, VIBEModel, init_head_params
+from vibe_jax.models import VIBEHead, VIBEModel, class_means
+from vibe_jax.models.backbones import build_backbone, feature_dim
 from vibe_jax.provenance import provenance
-from vibe_jax import report
 
-__all__ = ["load_data", "build_model", "train_and_evaluate", "fit", "evaluate"]
+__all__ = ["Inputs", "build_model", "train_and_evaluate", "fit", "evaluate", "embed"]
 
 _log = logging.getLogger(__name__)
 
 
-def load_data(config: ml_collections.ConfigDict) -> FeatureData:
-  """The dataset named by `config.data` ("digits" or "npz")."""
-  if config.data.source == "digits":
-    data = badnets_digits(seed=config.seed, rate=config.data.poison_rate,
-                          target=config.data.target, patch=config.data.patch)
-  elif config.data.source == "npz":
-    if not config.data.path:
-      raise InputError("config.data.path must name an .npz file when "
-                       "config.data.source='npz'")
-    data = load_npz(config.data.path)
-  else:
-    raise InputError(f"unknown config.data.source {config.data.source!r}; "
-                     "use 'digits' or 'npz'")
-  if config.data.l2_normalize:
-    # Spec 5.6 / quirk 3: the reference uses unit-norm cached features on every run
-    # after the first; this switch picks that behaviour.
-    unit = lambda a: None if a is None else a / np.maximum(
-        np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    data = data._replace(train_features=unit(data.train_features),
-                         test_features=unit(data.test_features),
-                         asr_features=unit(data.asr_features))
-  return data
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """How stored inputs become model inputs: identity for features; augmentation
+  (training) or normalisation (evaluation) for uint8 images."""
+
+  info: Optional[DatasetInfo] = None
+
+  def train(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    return x if self.info is None else device.augment(key, x, self.info)
+
+  def eval(self, x: jax.Array) -> jax.Array:
+    return x if self.info is None else device.normalize(x, self.info)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, dim: int) -> VIBEModel:
-  """VIBEModel on features with the head of `config.model`."""
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                dim: Optional[int] = None) -> VIBEModel:
+  """VIBEModel: `config.model.backbone` (if any) and the head of `config.model`."""
   variant = config.model.variant
   if variant not in ("A", "F"):
     raise InputError(f"unknown config.model.variant {variant!r}; use 'A' or 'F'")
+  backbone = None
+  if config.model.get("backbone"):
+    try:
+      backbone, dim = build_backbone(config.model.backbone), feature_dim(
+          config.model.backbone)
+    except ValueError as error:
+      raise InputError(str(error)) from error
   head = VIBEHead(num_classes=num_classes, dim=dim, kappa=config.model.kappa,
                   nu=config.model.nu, prior_temperature=config.model.prior_temperature,
                   conditioned=variant == "F")
-  return VIBEModel(head=head)
+  return VIBEModel(head=head, backbone=backbone)
 
 
-def _optimizer(config: ml_collections.ConfigDict):
+def _optimizer(config: ml_collections.ConfigDict, baseline: bool = False):
   frozen = tuple(g for g in mstep.GROUPS if config.optim.frozen.get(g, False))
-  return mstep.make_optimizer(dict(config.optim.lr), momentum=config.optim.momentum,
+  lrs = dict(config.optim.lr)
+  if baseline and config.baseline.get("lr"):
+    # The standard supervised recipe: one learning rate, cosine decay.
+    lrs = {g: optax.cosine_decay_schedule(config.baseline.lr, config.num_steps)
+           for g in mstep.GROUPS}
+  return mstep.make_optimizer(lrs, momentum=config.optim.momentum,
                               weight_decay=config.optim.weight_decay, frozen=frozen)
 
 
@@ -100,20 +109,34 @@ class _Batches:
     return self._perm[start:start + self.batch_size].astype(np.int32)
 
 
-def evaluate(model: VIBEModel, state: mstep.TrainState, features: np.ndarray,
-             labels: np.ndarray, batch_size: int = 4096) -> float:
-  """Accuracy of argmax p(l|x) on (features, labels)."""
-  if features is None or len(features) == 0:
-    return float("nan")
+def _variables(state: mstep.TrainState) -> dict[str, Any]:
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), axis=1))
+  return variables
+
+
+def embed(model: VIBEModel, variables: dict[str, Any], inputs: np.ndarray,
+          prep: Inputs, batch_size: int = 1024) -> np.ndarray:
+  """Backbone features of `inputs` in evaluation mode (no augmentation), (N, D)."""
+  fn = jax.jit(lambda v, x: model.apply(v, prep.eval(x), method="embed"))
+  return np.concatenate([np.asarray(fn(variables, inputs[i:i + batch_size]))
+                         for i in range(0, len(inputs), batch_size)])
+
+
+def evaluate(model: VIBEModel, state: mstep.TrainState, inputs: Optional[np.ndarray],
+             labels: Optional[np.ndarray], prep: Inputs = Inputs(),
+             batch_size: int = 1024) -> float:
+  """Accuracy of argmax p(l|x) on (inputs, labels)."""
+  if inputs is None or len(inputs) == 0:
+    return float("nan")
+  predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, prep.eval(x)), axis=1))
+  variables = _variables(state)
   correct = 0
-  for i in range(0, len(features), batch_size):
-    predicted = predict(variables, features[i:i + batch_size])
+  for i in range(0, len(inputs), batch_size):
+    predicted = predict(variables, inputs[i:i + batch_size])
     correct += int(jnp.sum(predicted == labels[i:i + batch_size]))
-  return correct / len(features)
+  return correct / len(inputs)
 
 
 def estep_metrics(labels: np.ndarray, data: FeatureData) -> dict[str, float]:
@@ -128,11 +151,17 @@ def estep_metrics(labels: np.ndarray, data: FeatureData) -> dict[str, float]:
   if data.train_poisoned is not None and data.train_poisoned.any():
     p = data.train_poisoned
     out["poisoned_relabelled"] = float(np.mean(labels[p] != data.train_labels[p]))
+    if data.train_true_labels is not None:
+      out["poisoned_true_agreement"] = float(np.mean(labels[p] == data.train_true_labels[p]))
   return out
 
 
-def _make_estep(model: VIBEModel, config: ml_collections.ConfigDict):
-  """The jitted E-step `(params, features, labels, uniform_p_yl) -> PseudoLabels`."""
+def _make_estep(model: VIBEModel, config: ml_collections.ConfigDict, prep: Inputs):
+  """The jitted E-step `(variables, inputs, labels, uniform_p_yl) -> PseudoLabels`.
+
+  With a backbone, features are recomputed over the whole training set in
+  evaluation mode without augmentation (spec 4.2), chunk by chunk.
+  """
   sinkhorn = dict(epsilon=config.estep.epsilon, threshold=config.estep.threshold,
                   max_iterations=config.estep.max_iterations,
                   inner_iterations=config.estep.inner_iterations,
@@ -141,11 +170,10 @@ def _make_estep(model: VIBEModel, config: ml_collections.ConfigDict):
   # The dataset is an argument, not a closure: closed-over arrays would be baked
   # into the compiled program as constants.
   @functools.partial(jax.jit, static_argnums=3)
-  def run(params, features, labels, uniform_p_yl):
-    variables = {"params": params}
-    fn = lambda x, y: model.apply(variables, x, y, uniform_p_yl, method="log_joint")
-    log_p = estep.dataset_log_joint(fn, features, labels,
-                                    chunk_size=config.estep.chunk_size)
+  def run(variables, inputs, labels, uniform_p_yl):
+    fn = lambda x, y: model.apply(variables, prep.eval(x), y, uniform_p_yl,
+                                  method="log_joint")
+    log_p = estep.dataset_log_joint(fn, inputs, labels, chunk_size=config.estep.chunk_size)
     prior = model.apply(variables, method="prior")
     return estep.pseudo_labels(log_p, prior, **sinkhorn)
 
@@ -161,12 +189,14 @@ def fit(
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
     log: Callable[[dict], None],
+    prep: Inputs = Inputs(),
     estep_fn: Optional[Callable] = None,
 ) -> mstep.TrainState:
   """Runs `config.num_steps` steps of `step_fn` from the stage's last checkpoint.
 
   With `estep_fn`, an E-step runs before every M-step whose index is a multiple of
-  `config.estep.period`, and its labels replace `state.pseudo_labels`.
+  `config.estep.period`, and its labels replace `state.pseudo_labels`. Step t
+  augments with the key fold_in(seed, t), so a resumed run repeats it exactly.
   """
   ckpt = Checkpointer(workdir / name / "checkpoints",
                       max_to_keep=config.checkpoint.max_to_keep)
@@ -179,14 +209,16 @@ def fit(
   batches = _Batches(len(data.train_labels), config.batch_size, config.seed)
   sharding.check_batch_size(batches.batch_size, mesh)
   state = jax.device_put(state, everywhere)
-  features = jax.device_put(data.train_features, everywhere)
+  inputs = jax.device_put(data.train_features, everywhere)
   given = jax.device_put(data.train_labels, everywhere)
+  base_key = jax.random.PRNGKey(config.seed)
 
   @functools.partial(jax.jit, donate_argnums=0,
                      in_shardings=(everywhere, everywhere, everywhere, rows),
                      out_shardings=(everywhere, everywhere))
-  def step(state, features, given, index):
-    batch = {"x": features[index], "y": given[index], "index": index}
+  def step(state, inputs, given, index):
+    key = jax.random.fold_in(base_key, state.step)
+    batch = {"x": prep.train(key, inputs[index]), "y": given[index], "index": index}
     return step_fn(state, batch)
 
   num_steps = config.num_steps
@@ -195,7 +227,7 @@ def fit(
                   mininterval=1.0, disable=not config.progress_bar)
   for t in bar:
     if estep_fn is not None and t % config.estep.period == 0:
-      result = estep_fn(state.params, features, given,
+      result = estep_fn(_variables(state), inputs, given,
                         t == 0 and config.estep.uniform_first)
       state = state.replace(pseudo_labels=result.labels)
       row = {"stage": name, "step": t, "event": "estep",
@@ -211,7 +243,7 @@ def fit(
                 if "true_agreement" in row else "",
                 f", poisoned relabelled {100 * row['poisoned_relabelled']:.1f}%"
                 if "poisoned_relabelled" in row else "")
-    state, metrics = step(state, features, given, batches(t))
+    state, metrics = step(state, inputs, given, batches(t))
     window.append(metrics)  # device arrays: no host sync until the log line
     done = t + 1
     if done % config.log_every == 0 or done == num_steps:
@@ -226,10 +258,32 @@ def fit(
   return state
 
 
-def _initial_state(model, data, tx, rng) -> mstep.TrainState:
-  head = init_head_params(data.train_features, data.train_labels, data.num_classes, rng)
-  params = {"head": head}
-  return mstep.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+def _initial_state(model: VIBEModel, data: FeatureData, tx, config, prep: Inputs
+                   ) -> mstep.TrainState:
+  """Backbone variables (random, or `config.model.backbone_weights`), then
+  mu = eta = class means of the training features under the given labels and
+  rho ~ N(0, I) (spec 3.8)."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, rho_rng = jax.random.split(rng)
+  variables = model.init(init_rng, prep.eval(jnp.asarray(data.train_features[:1])))
+  variables = jax.tree_util.tree_map(jnp.asarray, dict(variables))
+  weights = config.model.get("backbone_weights")
+  if weights:
+    from vibe_jax.models.convert import load_variables  # pylint: disable=g-import-not-at-top
+    loaded = load_variables(weights)
+    variables["params"]["backbone"] = jax.tree_util.tree_map(jnp.asarray, loaded["params"])
+    if "batch_stats" in loaded:
+      variables["batch_stats"] = {"backbone": jax.tree_util.tree_map(
+          jnp.asarray, loaded["batch_stats"])}
+  features = (embed(model, variables, data.train_features, prep)
+              if model.backbone is not None else data.train_features)
+  means = class_means(features, data.train_labels, data.num_classes)
+  params = dict(variables["params"])
+  # Separate buffers for mu and eta: the train step donates its state.
+  params["head"] = {"mu": jnp.array(means), "eta": jnp.array(means),
+                    "rho": jax.random.normal(rho_rng, (data.num_classes,), jnp.float32)}
+  return mstep.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(params),
                           pseudo_labels=jnp.asarray(data.train_labels, jnp.int32))
 
@@ -241,43 +295,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Args:
     config: a config from configs/.
     workdir: where checkpoints, metrics and results go.
-    data: in-memory features; by default `config.data` names them.
+    data: in-memory features; by default `config.data` names the data.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   log = report.JsonLines(workdir / "metrics.jsonl")
-  data = load_data(config) if data is None else data.validate()
-  model = build_model(config, data.num_classes, data.train_features.shape[1])
-  tx = _optimizer(config)
-  rng = jax.random.PRNGKey(config.seed)
+  info = None
+  if data is None:
+    data, info = load_data(config, workdir)
+  else:
+    data = data.validate()
+  prep = Inputs(info)
+  dim = None if data.is_images else data.train_features.shape[1]
+  model = build_model(config, data.num_classes, dim)
+  if data.is_images != (model.backbone is not None):
+    raise InputError("images need config.model.backbone, feature vectors must not have "
+                     "one")
   rows = []
+
+  def row(method, state, began, **extra):
+    return {"method": method,
+            "clean_acc": evaluate(model, state, data.test_features, data.test_labels, prep),
+            "asr": evaluate(model, state, data.asr_features, data.asr_labels, prep),
+            "wall_time_s": round(time.time() - began, 2), **extra}
 
   if config.baseline.enabled:
     began = time.time()
-    state = _initial_state(model, data, tx, rng)
+    tx = _optimizer(config, baseline=True)
+    state = _initial_state(model, data, tx, config, prep)
     state = fit(name="baseline", state=state, step_fn=mstep.make_baseline_step(model, tx),
-                data=data, config=config, workdir=workdir, log=log)
-    rows.append({"method": "no defense",
-                 "clean_acc": evaluate(model, state, data.test_features, data.test_labels),
-                 "asr": evaluate(model, state, data.asr_features, data.asr_labels),
-                 "wall_time_s": round(time.time() - began, 2)})
+                data=data, config=config, workdir=workdir, log=log, prep=prep)
+    rows.append(row("no defense", state, began))
 
   began = time.time()
-  state = _initial_state(model, data, tx, rng)
-  estep_fn = _make_estep(model, config)
+  tx = _optimizer(config)
+  state = _initial_state(model, data, tx, config, prep)
   state = fit(name="vibe", state=state, step_fn=mstep.make_vibe_step(model, tx),
-              data=data, config=config, workdir=workdir, log=log, estep_fn=estep_fn)
+              data=data, config=config, workdir=workdir, log=log, prep=prep,
+              estep_fn=_make_estep(model, config, prep))
   labels = np.asarray(state.pseudo_labels)
   np.save(workdir / "pseudo_labels.npy", labels)
-  vibe_row = {"method": f"VIBE-{config.model.variant}",
-              "clean_acc": evaluate(model, state, data.test_features, data.test_labels),
-              "asr": evaluate(model, state, data.asr_features, data.asr_labels),
-              "wall_time_s": round(time.time() - began, 2),
-              **{f"pseudo_{k}": v for k, v in estep_metrics(labels, data).items()}}
-  rows.append(vibe_row)
+  rows.append(row(f"VIBE-{config.model.variant}", state, began,
+                  **{f"pseudo_{k}": v for k, v in estep_metrics(labels, data).items()}))
 
-  results = {"clean_acc": vibe_row["clean_acc"], "asr": vibe_row["asr"],
+  results = {"clean_acc": rows[-1]["clean_acc"], "asr": rows[-1]["asr"],
              "seed": config.seed, "rows": rows, "provenance": provenance(),
              "config": json.loads(config.to_json_best_effort())}
   report.write_results(workdir, results)

@@ -26,7 +26,16 @@ _OPTIONAL = ("train_true_labels", "train_poisoned", "asr_features", "asr_labels"
 
 
 class FeatureData(NamedTuple):
-  """Features and labels of a (poisoned) dataset; all NumPy arrays."""
+  """Features and labels of a (poisoned) dataset; all NumPy arrays.
+
+  The `*_features` arrays are (N, D) float features, or, for experiments that train
+  a backbone, (N, H, W, 3) uint8 images (already poisoned, not yet augmented).
+  """
+
+  @property
+  def is_images(self) -> bool:
+    """Whether the inputs are images rather than feature vectors."""
+    return self.train_features.ndim == 4
 
   train_features: np.ndarray
   train_labels: np.ndarray
@@ -50,14 +59,18 @@ class FeatureData(NamedTuple):
     """
     arrays = {k: v for k, v in self._asdict().items() if v is not None}
     for name in ("train_features", "test_features", "asr_features"):
-      if name in arrays and arrays[name].ndim != 2:
-        raise InputError(f"{name} must be 2-D (examples, dims), got shape "
+      if name in arrays and not (arrays[name].ndim == 2 or (
+          arrays[name].ndim == 4 and arrays[name].dtype == np.uint8)):
+        raise InputError(f"{name} must be 2-D (examples, dims) features or uint8 "
+                         f"(examples, H, W, 3) images, got {arrays[name].dtype} "
                          f"{arrays[name].shape}")
-    dim = arrays["train_features"].shape[1]
+    dim = arrays["train_features"].shape[1:]
     for name in ("test_features", "asr_features"):
-      if name in arrays and arrays[name].shape[1] != dim:
-        raise InputError(f"{name} has {arrays[name].shape[1]} dims but "
-                         f"train_features has {dim}")
+      if name in arrays and arrays[name].shape[1:] != dim:
+        what = "dims" if len(dim) == 1 else "shape"
+        got = arrays[name].shape[1] if len(dim) == 1 else arrays[name].shape[1:]
+        want = dim[0] if len(dim) == 1 else dim
+        raise InputError(f"{name} has {got} {what} but train_features has {want}")
     for prefix, rows in (("train", ("labels", "true_labels", "poisoned")),
                          ("test", ("labels",)), ("asr", ("labels",))):
       if f"{prefix}_features" not in arrays:
@@ -70,7 +83,8 @@ class FeatureData(NamedTuple):
                            f"{prefix}_features, got {arrays[name].shape}")
     if ("asr_features" in arrays) != ("asr_labels" in arrays):
       raise InputError("asr_features and asr_labels must be given together")
-    out = {k: (np.asarray(v, np.float32) if k.endswith("features") else
+    out = {k: (v if k.endswith("features") and v.dtype == np.uint8 else
+               np.asarray(v, np.float32) if k.endswith("features") else
                np.asarray(v, bool) if k == "train_poisoned" else
                np.asarray(v, np.int32)) for k, v in arrays.items()}
     for name in ("train_labels", "test_labels", "train_true_labels", "asr_labels"):

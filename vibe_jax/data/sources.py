@@ -26,8 +26,9 @@ from PIL import Image
 
 from vibe_jax.errors import InputError, MissingFileError
 
-__all__ = ["DatasetInfo", "DATASETS", "ImageSource", "ArraySource", "ImageFolderSource",
-           "TfdsSource", "open_source", "dataset_info"]
+__all__ = ["DatasetInfo", "DATASETS", "ImageSource", "ArraySource", "SubsetSource",
+           "ImageFolderSource", "TfdsSource", "open_source", "dataset_info",
+           "stratified_subset"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -106,6 +107,27 @@ class ArraySource(ImageSource):
 
   def images(self, indices):
     return self._images[np.asarray(indices)]
+
+
+class SubsetSource(ImageSource):
+  """The examples `indices` of another source, renumbered 0..len-1."""
+
+  def __init__(self, source: ImageSource, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices)
+    self.labels = source.labels[self.indices]
+    self.num_classes, self.image_size = source.num_classes, source.image_size
+
+  def __getitem__(self, index):
+    return self.source[int(self.indices[index])]
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+  """Sorted indices of about `size` examples, the same share of every class."""
+  rng = np.random.default_rng((seed, 0x5B5E7))
+  share = min(1.0, size / len(labels))
+  picked = [rng.permutation(np.flatnonzero(labels == c))[:int(round(share * np.sum(labels == c)))]
+            for c in np.unique(labels)]
+  return np.sort(np.concatenate(picked))
 
 
 def _to_rgb_array(value: Any, size: Optional[int]) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""VIBE-SS and the baseline on tiny poisoned images: the backbone trains inside EM."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+import pytest
+
+from configs.common import base_config
+from vibe_jax import em, mstep
+from vibe_jax.models import VIBEHead, VIBEModel
+from vibe_jax.models.backbones import build_backbone
+
+
+def _folder(root, per_class=16, classes=4):
+  rng = np.random.default_rng(0)
+  for split, n in (("train", per_class), ("test", per_class // 2)):
+    for c in range(classes):
+      (root / split / f"class{c}").mkdir(parents=True)
+      for i in range(n):
+        # Each class has its own mean colour, so that a CNN can learn something.
+        base = np.full((32, 32, 3), 40 + 50 * c, np.int16)
+        noise = rng.integers(-30, 30, (32, 32, 3))
+        image = np.clip(base + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / split / f"class{c}" / f"{i:03d}.png")
+  return root
+
+
+def _config(root, steps=20):
+  c = base_config()
+  c.data.source, c.data.dataset, c.data.attack = "images", str(root), "badnets"
+  c.data.attack_params = {"rate": 0.25}
+  c.model.backbone, c.model.variant = "small_cnn", "F"
+  c.optim.lr.backbone = 0.01
+  c.num_steps, c.batch_size, c.estep.period = steps, 8, 10
+  c.log_every, c.checkpoint.every, c.progress_bar = 10, 10, False
+  c.baseline.enabled = False
+  return c
+
+
+def _final(workdir, step):
+  return ocp.StandardCheckpointer().restore(
+      workdir / "vibe" / "checkpoints" / str(step) / "default")
+
+
+def test_vibe_ss_trains_the_backbone_on_poisoned_images(tmp_path):
+  root = _folder(tmp_path / "data")
+  config = _config(root)
+  config.baseline.enabled, config.baseline.lr = True, 0.05
+  results = em.train_and_evaluate(config, str(tmp_path / "run"))
+  methods = [r["method"] for r in results["rows"]]
+  assert methods == ["no defense", "VIBE-F"]
+  poisoning = json.loads((tmp_path / "run" / "poisoning.json").read_text())
+  assert poisoning["attack"] == "badnets" and poisoning["num_poisoned"] == int(0.25 * 64)
+  lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines if l["event"] == "estep"] == [0, 10]
+  state = _final(tmp_path / "run", 20)
+  assert "backbone" in state["params"] and state["batch_stats"]
+  # The backbone and its BatchNorm statistics moved between steps 10 and 20.
+  earlier = _final(tmp_path / "run", 10)
+  kernel = lambda s: s["params"]["backbone"]["Conv_0"]["kernel"]
+  assert np.all(np.isfinite(kernel(state)))
+  assert not np.allclose(kernel(state), kernel(earlier))
+  stats = lambda s: s["batch_stats"]["backbone"]["BatchNorm_0"]["mean"]
+  assert not np.allclose(stats(state), stats(earlier))
+
+
+def test_image_run_resumes_to_the_same_parameters(tmp_path):
+  root = _folder(tmp_path / "data")
+  em.train_and_evaluate(_config(root, steps=30), str(tmp_path / "whole"))
+  em.train_and_evaluate(_config(root, steps=20), str(tmp_path / "split"))
+  em.train_and_evaluate(_config(root, steps=30), str(tmp_path / "split"))  # resumes at 20
+  a, b = _final(tmp_path / "whole", 30), _final(tmp_path / "split", 30)
+  np.testing.assert_array_equal(a["pseudo_labels"], b["pseudo_labels"])
+  for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_baseline_step_decreases_the_loss_on_a_tiny_batch():
+  model = VIBEModel(VIBEHead(num_classes=3, dim=128), backbone=build_backbone("small_cnn"))
+  x = jax.random.normal(jax.random.PRNGKey(0), (12, 32, 32, 3))
+  y = jnp.arange(12) % 3
+  variables = model.init(jax.random.PRNGKey(1), x)
+  tx = mstep.make_optimizer({g: 0.05 for g in mstep.GROUPS})
+  state = mstep.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           opt_state=tx.init(variables["params"]), pseudo_labels=y)
+  step = jax.jit(mstep.make_baseline_step(model, tx))
+  losses = []
+  for _ in range(15):
+    state, metrics = step(state, {"x": x, "y": y, "index": jnp.arange(12)})
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.7 * losses[0]
+
+
+def test_images_without_a_backbone_are_refused(tmp_path):
+  root = _folder(tmp_path / "data", per_class=4)
+  config = _config(root)
+  config.model.backbone = ""
+  with pytest.raises(Exception, match="backbone"):
+    em.train_and_evaluate(config, str(tmp_path / "run"))
