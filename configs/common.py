@@ -58,6 +58,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.every = 1000
   c.checkpoint.max_to_keep = 3
 
+  c.ssl = ml_collections.ConfigDict()
+  c.ssl.enabled = False  # pretrain the backbone without labels on the poisoned set
+  c.ssl.method = "simclr"
+  c.ssl.num_steps = 1000
+  c.ssl.batch_size = 256
+  c.ssl.lr = 0.4  # LARS peak lr per 256 examples (solo-learn's SimCLR)
+  c.ssl.weight_decay = 1e-5
+  c.ssl.warmup_steps = 100
+  c.ssl.temperature = 0.2
+  c.ssl.proj_hidden = 2048
+  c.ssl.proj_dim = 256
+  c.ssl.knn_every = 500  # kNN accuracy on the clean test set (0 = never)
+
   c.baseline = ml_collections.ConfigDict()
   c.baseline.enabled = True  # also train the no-defense classifier (first row)
   c.baseline.lr = 0.0  # > 0: one learning rate with cosine decay (standard recipe)

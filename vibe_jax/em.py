@@ -328,6 +328,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 data=data, config=config, workdir=workdir, log=log, prep=prep)
     rows.append(row("no defense", state, began))
 
+  stage_times = {}
+  if config.get("ssl") and config.ssl.enabled:
+    from vibe_jax import ssl  # pylint: disable=g-import-not-at-top
+    if info is None:
+      raise InputError("config.ssl needs image data (config.data.source='images')")
+    began = time.time()
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.backbone_weights = str(ssl.pretrain(config, workdir, data, info, log))
+    stage_times["ssl_wall_time_s"] = round(time.time() - began, 2)
   began = time.time()
   tx = _optimizer(config)
   state = _initial_state(model, data, tx, config, prep)
@@ -336,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               estep_fn=_make_estep(model, config, prep))
   labels = np.asarray(state.pseudo_labels)
   np.save(workdir / "pseudo_labels.npy", labels)
-  rows.append(row(f"VIBE-{config.model.variant}", state, began,
+  rows.append(row(f"VIBE-{config.model.variant}", state, began, **stage_times,
                   **{f"pseudo_{k}": v for k, v in estep_metrics(labels, data).items()}))
 
   results = {"clean_acc": rows[-1]["clean_acc"], "asr": rows[-1]["asr"],

@@ -18,6 +18,7 @@ from vibe_jax.data.poisoned import PoisonedTrainSet, TriggeredTestSet
 from vibe_jax.data.sources import DatasetInfo, ImageSource
 
 __all__ = ["ImageArrays", "train_arrays", "clean_arrays", "triggered_arrays", "augment",
+           "random_resized_crop_flip",
            "normalize"]
 
 
@@ -75,7 +76,7 @@ def _pad_crop_flip(key: jax.Array, image: jax.Array, pad: int = 4) -> jax.Array:
   return jnp.where(jax.random.bernoulli(k_flip), out[:, ::-1], out)
 
 
-def _random_resized_crop_flip(key: jax.Array, image: jax.Array, size: int,
+def random_resized_crop_flip(key: jax.Array, image: jax.Array, size: int,
                               scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> jax.Array:
   """RandomResizedCrop (one draw, clipped to the image, bilinear) and a flip."""
   h, w, c = image.shape
@@ -100,7 +101,7 @@ def augment(key: jax.Array, images: jax.Array, info: DatasetInfo) -> jax.Array:
   if info.small:
     out = jax.vmap(_pad_crop_flip)(keys, images)
   else:
-    out = jax.vmap(lambda k, x: _random_resized_crop_flip(k, x.astype(jnp.float32),
+    out = jax.vmap(lambda k, x: random_resized_crop_flip(k, x.astype(jnp.float32),
                                                           info.image_size))(keys, images)
     out = jnp.clip(out, 0, 255)
   return normalize(out, info)
