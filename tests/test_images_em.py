@@ -136,3 +136,28 @@ def test_nt_xent_prefers_matching_views():
   same = float(nt_xent(z, z + 0.01, 0.2))
   shuffled = float(nt_xent(z, jnp.roll(z, 1, axis=0), 0.2))
   assert same < shuffled
+
+
+def test_frozen_backbone_features_are_extracted_once_and_cached(tmp_path):
+  root = _folder(tmp_path / "data")
+  config = _config(root)
+  config.model.frozen_features = True
+  run = tmp_path / "run"
+  first = em.train_and_evaluate(config, str(run))
+  features = np.load(run / "features.npz")
+  assert features["train_features"].shape == (64, 128)  # small_cnn features
+  assert features["asr_features"].shape[0] == 3 * 8  # test images of classes 1-3
+  stamp = (run / "features.npz").stat().st_mtime_ns
+  config.num_steps = 30
+  second = em.train_and_evaluate(config, str(run))  # resumes; reuses the cache
+  assert (run / "features.npz").stat().st_mtime_ns == stamp
+  assert first["rows"][-1]["method"] == second["rows"][-1]["method"] == "VIBE-F"
+  state = _final(run, 30)
+  assert "backbone" not in state["params"]  # VIBE ran on the cached features
+  # Another backbone: the cache is recomputed, not reused.
+  from vibe_jax import extract  # pylint: disable=g-import-not-at-top
+  from vibe_jax.data.load import load_data  # pylint: disable=g-import-not-at-top
+  config.model.backbone = "resnet18_cifar"
+  data, info = load_data(config)
+  assert extract.cached_features(config, data, info, run).train_features.shape == (64, 512)
+  assert np.load(run / "features.npz")["train_features"].shape == (64, 512)

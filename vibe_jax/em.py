@@ -39,7 +39,8 @@ from vibe_jax.models import VIBEHead, VIBEModel, class_means
 from vibe_jax.models.backbones import build_backbone, feature_dim
 from vibe_jax.provenance import provenance
 
-__all__ = ["Inputs", "build_model", "train_and_evaluate", "fit", "evaluate", "embed"]
+__all__ = ["Inputs", "build_model", "initial_variables", "train_and_evaluate", "fit",
+           "evaluate", "embed"]
 
 _log = logging.getLogger(__name__)
 
@@ -258,23 +259,31 @@ def fit(
   return state
 
 
-def _initial_state(model: VIBEModel, data: FeatureData, tx, config, prep: Inputs
-                   ) -> mstep.TrainState:
-  """Backbone variables (random, or `config.model.backbone_weights`), then
-  mu = eta = class means of the training features under the given labels and
-  rho ~ N(0, I) (spec 3.8)."""
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, rho_rng = jax.random.split(rng)
+def initial_variables(model: VIBEModel, data: FeatureData, config, prep: Inputs
+                      ) -> dict[str, Any]:
+  """The model's variables with the backbone random or from
+  `config.model.backbone_weights` (head parameters are placeholders)."""
+  init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
   variables = model.init(init_rng, prep.eval(jnp.asarray(data.train_features[:1])))
   variables = jax.tree_util.tree_map(jnp.asarray, dict(variables))
   weights = config.model.get("backbone_weights")
-  if weights:
+  if weights and model.backbone is not None:
     from vibe_jax.models.convert import load_variables  # pylint: disable=g-import-not-at-top
     loaded = load_variables(weights)
-    variables["params"]["backbone"] = jax.tree_util.tree_map(jnp.asarray, loaded["params"])
+    variables["params"] = {**variables["params"],
+                           "backbone": jax.tree_util.tree_map(jnp.asarray, loaded["params"])}
     if "batch_stats" in loaded:
       variables["batch_stats"] = {"backbone": jax.tree_util.tree_map(
           jnp.asarray, loaded["batch_stats"])}
+  return variables
+
+
+def _initial_state(model: VIBEModel, data: FeatureData, tx, config, prep: Inputs
+                   ) -> mstep.TrainState:
+  """`initial_variables`, then mu = eta = class means of the training features under
+  the given labels and rho ~ N(0, I) (spec 3.8)."""
+  rho_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+  variables = initial_variables(model, data, config, prep)
   features = (embed(model, variables, data.train_features, prep)
               if model.backbone is not None else data.train_features)
   means = class_means(features, data.train_labels, data.num_classes)
@@ -306,6 +315,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data, info = load_data(config, workdir)
   else:
     data = data.validate()
+  if info is not None and config.model.get("frozen_features"):
+    # FM style: a frozen backbone's features, extracted once and cached.
+    from vibe_jax import extract  # pylint: disable=g-import-not-at-top
+    data, info = extract.cached_features(config, data, info, workdir), None
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.backbone = ""
   prep = Inputs(info)
   dim = None if data.is_images else data.train_features.shape[1]
   model = build_model(config, data.num_classes, dim)
