@@ -72,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.ssl.proj_dim = 256
   c.ssl.knn_every = 500  # kNN accuracy on the clean test set (0 = never)
 
+  c.leiden = ml_collections.ConfigDict()
+  c.leiden.enabled = False  # SS variants: drop at most one outlier cluster (spec 9)
+  c.leiden.delta = 0.275
+  c.leiden.num_neighbors = 50
+
   c.baseline = ml_collections.ConfigDict()
   c.baseline.enabled = True  # also train the no-defense classifier (first row)
   c.baseline.lr = 0.0  # > 0: one learning rate with cosine decay (standard recipe)

@@ -161,3 +161,16 @@ def test_frozen_backbone_features_are_extracted_once_and_cached(tmp_path):
   data, info = load_data(config)
   assert extract.cached_features(config, data, info, run).train_features.shape == (64, 512)
   assert np.load(run / "features.npz")["train_features"].shape == (64, 512)
+
+
+def test_leiden_filtering_runs_before_vibe(tmp_path):
+  root = _folder(tmp_path / "data")
+  config = _config(root, steps=10)
+  config.leiden.enabled, config.leiden.num_neighbors = True, 5
+  results = em.train_and_evaluate(config, str(tmp_path / "run"))
+  report = json.loads((tmp_path / "run" / "leiden.json").read_text())
+  kept = len(report["kept_indices"])
+  assert kept + report["removed_examples"] == 64
+  assert results["rows"][-1]["leiden_removed"] == report["removed_examples"]
+  state = _final(tmp_path / "run", 10)
+  assert state["pseudo_labels"].shape == (kept,)

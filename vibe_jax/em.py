@@ -297,6 +297,35 @@ def _initial_state(model: VIBEModel, data: FeatureData, tx, config, prep: Inputs
                           pseudo_labels=jnp.asarray(data.train_labels, jnp.int32))
 
 
+def _leiden_filter(model, data, config, prep, workdir, log):
+  """Spec 9: drops at most one outlier cluster of the initial features; the kept
+  original indices go to `workdir/leiden.json`."""
+  from vibe_jax import leiden  # pylint: disable=g-import-not-at-top
+
+  variables = initial_variables(model, data, config, prep)
+  features = (embed(model, variables, data.train_features, prep)
+              if model.backbone is not None else data.train_features)
+  keep, report_ = leiden.outlier_cluster_keep(
+      features, data.train_labels, delta=config.leiden.delta,
+      num_neighbors=config.leiden.num_neighbors, seed=config.seed)
+  removed_poisoned = (int((~keep & data.train_poisoned).sum())
+                      if data.train_poisoned is not None else None)
+  report_.update(removed_poisoned=removed_poisoned)
+  (workdir / "leiden.json").write_text(json.dumps(
+      {**report_, "kept_indices": np.flatnonzero(keep).tolist()}))
+  log({"stage": "vibe", "step": 0, "event": "leiden", **{
+      k: v for k, v in report_.items() if k != "scores"}})
+  _log.info("[leiden] %d clusters, removed cluster %s: %d examples (%s poisoned)",
+            report_["clusters"], report_["removed_cluster"], report_["removed_examples"],
+            removed_poisoned)
+  pick = lambda a: None if a is None else a[keep]
+  data = data._replace(train_features=data.train_features[keep],
+                       train_labels=data.train_labels[keep],
+                       train_true_labels=pick(data.train_true_labels),
+                       train_poisoned=pick(data.train_poisoned))
+  return data, report_["removed_examples"], removed_poisoned
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Optional[FeatureData] = None) -> dict[str, Any]:
   """Trains the baseline (if enabled) and VIBE; writes and returns the results.
@@ -355,6 +384,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config.model.backbone_weights = str(ssl.pretrain(config, workdir, data, info, log))
     stage_times["ssl_wall_time_s"] = round(time.time() - began, 2)
   began = time.time()
+  if config.get("leiden") and config.leiden.enabled:
+    data, stage_times["leiden_removed"], stage_times["leiden_removed_poisoned"] = (
+        _leiden_filter(model, data, config, prep, workdir, log))
   tx = _optimizer(config)
   state = _initial_state(model, data, tx, config, prep)
   state = fit(name="vibe", state=state, step_fn=mstep.make_vibe_step(model, tx),
