@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.backbone = ""  # "" for feature vectors; a name from models/backbones.py
   c.model.backbone_weights = ""  # .msgpack from models/convert.py ("" = random init)
   c.model.frozen_features = False  # FM: frozen backbone, features extracted once
+  c.model.input_size = 0  # > 0: resize normalised images to this side (DINOv2 on CIFAR)
 
   c.estep = ml_collections.ConfigDict()
   c.estep.period = 500  # T: M-steps between E-steps (FM 500, SS 1000)

@@ -48,15 +48,24 @@ _log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   """How stored inputs become model inputs: identity for features; augmentation
-  (training) or normalisation (evaluation) for uint8 images."""
+  (training) or normalisation (evaluation) for uint8 images, then, with
+  `resize`, a bilinear resize to resize x resize (the reference feeds CIFAR to
+  DINOv2 this way: normalised, then resized to 224, spec 8.3)."""
 
   info: Optional[DatasetInfo] = None
+  resize: int = 0
+
+  def _sized(self, x: jax.Array) -> jax.Array:
+    if not self.resize or x.shape[1] == self.resize:
+      return x
+    return jax.image.resize(x, (x.shape[0], self.resize, self.resize, x.shape[3]),
+                            "bilinear", antialias=False)
 
   def train(self, key: jax.Array, x: jax.Array) -> jax.Array:
-    return x if self.info is None else device.augment(key, x, self.info)
+    return x if self.info is None else self._sized(device.augment(key, x, self.info))
 
   def eval(self, x: jax.Array) -> jax.Array:
-    return x if self.info is None else device.normalize(x, self.info)
+    return x if self.info is None else self._sized(device.normalize(x, self.info))
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -351,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.model.backbone = ""
-  prep = Inputs(info)
+  prep = Inputs(info, config.model.get("input_size", 0))
   dim = None if data.is_images else data.train_features.shape[1]
   model = build_model(config, data.num_classes, dim)
   if data.is_images != (model.backbone is not None):

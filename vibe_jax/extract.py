@@ -32,6 +32,7 @@ _log = logging.getLogger(__name__)
 def _key(config: ml_collections.ConfigDict) -> dict:
   d = config.data
   return {"backbone": config.model.backbone, "weights": config.model.backbone_weights,
+          "input_size": config.model.get("input_size", 0),
           "dataset": d.dataset, "attack": d.attack, "attack_params": dict(d.attack_params),
           "seed": config.seed, "train_subset": d.train_subset, "test_subset": d.test_subset}
 
@@ -48,7 +49,7 @@ def cached_features(config: ml_collections.ConfigDict, data: FeatureData, info: 
     _log.info("using cached features %s", path)
     return load_npz(path)
   model = em.build_model(config, data.num_classes)
-  prep = em.Inputs(info)
+  prep = em.Inputs(info, config.model.get("input_size", 0))
   variables = em.initial_variables(model, data, config, prep)
   embed = lambda x: None if x is None else em.embed(model, variables, x, prep)
   features = data._replace(train_features=embed(data.train_features),
