@@ -346,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  origin = provenance()  # at the start: the code that runs, not the code at the end
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   log = report.JsonLines(workdir / "metrics.jsonl")
   info = None
@@ -407,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   **{f"pseudo_{k}": v for k, v in estep_metrics(labels, data).items()}))
 
   results = {"clean_acc": rows[-1]["clean_acc"], "asr": rows[-1]["asr"],
-             "seed": config.seed, "rows": rows, "provenance": provenance(),
+             "seed": config.seed, "rows": rows, "provenance": origin,
              "config": json.loads(config.to_json_best_effort())}
   report.write_results(workdir, results)
   log.close()
