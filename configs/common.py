@@ -15,7 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dataset = ""
   c.data.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
   c.data.attack = "badnets"
-  c.data.attack_params = ml_collections.ConfigDict()  # overrides of the attack's defaults
+  c.data.attack_params = ""  # "key=value,..." overriding the attack's defaults
   c.data.train_subset = 0  # > 0: a stratified subset of this many training images
   c.data.test_subset = 0
   c.data.poison_rate = 0.1  # digits only

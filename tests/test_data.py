@@ -64,3 +64,13 @@ def test_npz_round_trip_and_clear_errors(tmp_path):
   with pytest.raises(InputError, match="together"):
     FeatureData(data.train_features, data.train_labels, data.test_features,
                 data.test_labels, asr_features=data.asr_features).validate()
+
+
+def test_attack_params_parse_typed_values():
+  from vibe_jax.data.load import parse_params  # pylint: disable=g-import-not-at-top
+
+  assert parse_params("rate=0.05,independent_fields=True,trigger_path=t.png,k=4") == {
+      "rate": 0.05, "independent_fields": True, "trigger_path": "t.png", "k": 4}
+  assert parse_params("") == {}
+  with pytest.raises(InputError, match="key=value"):
+    parse_params("rate")

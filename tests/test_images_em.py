@@ -32,7 +32,7 @@ def _folder(root, per_class=16, classes=4):
 def _config(root, steps=20):
   c = base_config()
   c.data.source, c.data.dataset, c.data.attack = "images", str(root), "badnets"
-  c.data.attack_params = {"rate": 0.25}
+  c.data.attack_params = "rate=0.25"
   c.model.backbone, c.model.variant = "small_cnn", "F"
   c.optim.lr.backbone = 0.01
   c.num_steps, c.batch_size, c.estep.period = steps, 8, 10

@@ -33,7 +33,7 @@ def _key(config: ml_collections.ConfigDict) -> dict:
   d = config.data
   return {"backbone": config.model.backbone, "weights": config.model.backbone_weights,
           "input_size": config.model.get("input_size", 0),
-          "dataset": d.dataset, "attack": d.attack, "attack_params": dict(d.attack_params),
+          "dataset": d.dataset, "attack": d.attack, "attack_params": d.attack_params,
           "seed": config.seed, "train_subset": d.train_subset, "test_subset": d.test_subset}
 
 

@@ -26,11 +26,21 @@ def _percent(value: Any) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-  """A Markdown table with one row per method: ACC and ASR in percent."""
-  lines = ["| method | ACC (%) | ASR (%) |", "|---|---:|---:|"]
+  """A Markdown table, one row per method: ACC and ASR in percent, then (VIBE) the
+  pseudo-labels of the poisoned examples (share equal to the true label, share
+  moved off the attack label) and the wall time of each stage."""
+  lines = ["| method | ACC (%) | ASR (%) | poisoned: pseudo = true (%) | "
+           "poisoned relabelled (%) | wall time (s) |", "|---|---:|---:|---:|---:|---:|"]
   for row in rows:
+    times = f"{row.get('wall_time_s', 'n/a')}"
+    extra = [f"{k.replace('_wall_time_s', '')} {v}" for k, v in row.items()
+             if k.endswith("_wall_time_s")]
+    if extra:
+      times += f" (+ {', '.join(extra)})"
     lines.append(f"| {row['method']} | {_percent(row['clean_acc'])} | "
-                 f"{_percent(row['asr'])} |")
+                 f"{_percent(row['asr'])} | "
+                 f"{_percent(row.get('pseudo_poisoned_true_agreement'))} | "
+                 f"{_percent(row.get('pseudo_poisoned_relabelled'))} | {times} |")
   return "\n".join(lines) + "\n"
 
 

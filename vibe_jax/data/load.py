@@ -4,8 +4,8 @@ config.data.source:
   "digits"  the offline quickstart data (features = pixels);
   "npz"     a feature file (config.data.path);
   "images"  config.data.dataset (a TFDS name or an image folder, config.data.data_dir
-            for TFDS) poisoned with config.data.attack (config.data.attack_params
-            overriding its defaults, the poisoned set drawn from config.seed); the
+            for TFDS) poisoned with config.data.attack (config.data.attack_params,
+            "key=value,...", overriding its defaults, the poisoned set drawn from config.seed); the
             poisoned index set and the attack's parameters are written to
             `workdir/poisoning.json`.
 """
@@ -25,7 +25,27 @@ from vibe_jax.data.sources import (DatasetInfo, SubsetSource, dataset_info, open
                                    stratified_subset)
 from vibe_jax.errors import InputError
 
-__all__ = ["load_data"]
+__all__ = ["load_data", "parse_params"]
+
+
+def parse_params(text: str) -> dict:
+  """'rate=0.05,independent_fields=True,trigger_path=t.png' -> typed dict (Python
+  literals where they parse, strings otherwise); a string, so that any attack
+  parameter can be set from the command line."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  for item in (text or "").split(","):
+    if not item.strip():
+      continue
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise InputError(f"attack parameter {item!r} is not key=value")
+    try:
+      out[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value.strip()
+  return out
 
 
 def _unit(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -48,7 +68,7 @@ def _images(config: ml_collections.ConfigDict, workdir: Optional[pathlib.Path]
         test_source.labels, d.test_subset, config.seed))
   try:
     attack = attacks.build(d.attack, image_size=info.image_size, seed=config.seed,
-                           num_classes=train_source.num_classes, **dict(d.attack_params))
+                           num_classes=train_source.num_classes, **parse_params(d.attack_params))
   except ValueError as error:
     raise InputError(str(error)) from error
   train = poison_train_set(train_source, attack)
