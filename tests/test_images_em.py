@@ -174,3 +174,49 @@ def test_leiden_filtering_runs_before_vibe(tmp_path):
   assert results["rows"][-1]["leiden_removed"] == report["removed_examples"]
   state = _final(tmp_path / "run", 10)
   assert state["pseudo_labels"].shape == (kept,)
+
+
+def test_simclr_step_decreases_its_loss_on_a_tiny_batch():
+  from vibe_jax.data.sources import DATASETS  # pylint: disable=g-import-not-at-top
+  from vibe_jax.ssl import SimCLR, SSLState, make_ssl_step  # pylint: disable=g-import-not-at-top
+
+  model = SimCLR(build_backbone("small_cnn"), hidden=64, out=32)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3),
+                                                         dtype=np.uint8))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+  tx = __import__("optax").adam(1e-3)
+  state = SSLState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                   tx.init(variables["params"]))
+  step = jax.jit(make_ssl_step(model, tx, DATASETS["cifar10"], temperature=0.2))
+  key = jax.random.PRNGKey(3)  # the same views every step: the loss must fall
+  losses = []
+  for _ in range(25):
+    state, metrics = step(state, key, images)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.8 * losses[0]
+
+
+def test_ssl_stage_resumes_to_the_same_backbone(tmp_path):
+  root = _folder(tmp_path / "data")
+
+  def run(workdir, ssl_steps):
+    config = _config(root, steps=2)
+    config.ssl.enabled, config.ssl.num_steps, config.ssl.batch_size = True, ssl_steps, 16
+    config.ssl.warmup_steps, config.ssl.knn_every = 2, 0
+    config.ssl.proj_hidden, config.ssl.proj_dim = 64, 32
+    config.checkpoint.every, config.log_every = 3, 3
+    em.train_and_evaluate(config, str(workdir))
+
+  run(tmp_path / "whole", 6)
+  # A copy that lost everything after SSL step 3, as a run killed there would.
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(tmp_path / "whole", tmp_path / "split")
+  for gone in ("ssl/checkpoints/6", "ssl/backbone.msgpack", "vibe", "baseline"):
+    path = tmp_path / "split" / gone
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  run(tmp_path / "split", 6)  # resumes the SSL stage at step 3
+  from vibe_jax.models.convert import load_variables  # pylint: disable=g-import-not-at-top
+  a = load_variables(str(tmp_path / "whole" / "ssl" / "backbone.msgpack"))
+  b = load_variables(str(tmp_path / "split" / "ssl" / "backbone.msgpack"))
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
