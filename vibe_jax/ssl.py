@@ -166,12 +166,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Fea
   def step(state, images, index):
     return raw_step(state, jax.random.fold_in(base_key, state.step), images[index])
 
-  embed = jax.jit(lambda v, x: model.apply(v, device.normalize(x, info), method="embed"))
+  from vibe_jax.em import Inputs, embed  # pylint: disable=g-import-not-at-top
 
-  def features(variables, x):
-    return np.concatenate([np.asarray(embed(variables, x[i:i + 1024]))
-                           for i in range(0, len(x), 1024)])
-
+  features = lambda v, x: embed(model, v, x, Inputs(info))
   n = len(data.train_labels)
   per_epoch = n // batch_size
   window = []

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from vibe_jax.attacks.base import Attack, load_trigger_image, register
+from vibe_jax.attacks.blend import grey_noise_trigger
 
 __all__ = ["AdaptiveBlend", "AdaptivePatch"]
 
@@ -72,11 +73,7 @@ class AdaptiveBlend(Attack):
   def trigger(self) -> np.ndarray:
     """(H, W, 3) uint8 blend trigger."""
     loaded = load_trigger_image(self.trigger_path, self.image_size)
-    if loaded is not None:
-      return loaded
-    rng = np.random.default_rng((self.seed, 0xB1E4D))  # the `blend` default trigger
-    grey = rng.integers(0, 255, (self.image_size, self.image_size, 1), dtype=np.uint8)
-    return np.repeat(grey, 3, axis=2)
+    return grey_noise_trigger(self.seed, self.image_size) if loaded is None else loaded
 
   def piece_mask(self, index) -> np.ndarray:
     """(H, W) 0/1 mask of example `index`: a random half of the pieces is 0."""

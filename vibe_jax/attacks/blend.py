@@ -14,7 +14,7 @@ import numpy as np
 
 from vibe_jax.attacks.base import Attack, load_trigger_image, register
 
-__all__ = ["Blend", "blend"]
+__all__ = ["Blend", "blend", "grey_noise_trigger"]
 
 
 def blend(images: np.ndarray, trigger: np.ndarray, alpha: float) -> np.ndarray:
@@ -24,6 +24,12 @@ def blend(images: np.ndarray, trigger: np.ndarray, alpha: float) -> np.ndarray:
   t = trigger.astype(np.float32) / 255.0
   mixed = 255.0 * ((1.0 - np.float32(alpha)) * x + np.float32(alpha) * t)
   return np.clip(mixed, 0, 255).astype(np.uint8)
+
+
+def grey_noise_trigger(seed: int, size: int) -> np.ndarray:
+  """(size, size, 3) uint8 grey uniform noise in 0..254 drawn from `seed`."""
+  rng = np.random.default_rng((seed, 0xB1E4D))
+  return np.repeat(rng.integers(0, 255, (size, size, 1), dtype=np.uint8), 3, axis=2)
 
 
 @register("blend")
@@ -43,11 +49,7 @@ class Blend(Attack):
   def trigger(self) -> np.ndarray:
     """(H, W, 3) uint8 trigger."""
     loaded = load_trigger_image(self.trigger_path, self.image_size)
-    if loaded is not None:
-      return loaded
-    rng = np.random.default_rng((self.seed, 0xB1E4D))
-    grey = rng.integers(0, 255, (self.image_size, self.image_size, 1), dtype=np.uint8)
-    return np.repeat(grey, 3, axis=2)
+    return grey_noise_trigger(self.seed, self.image_size) if loaded is None else loaded
 
   def apply(self, images, indices):
     self.check_images(images)
