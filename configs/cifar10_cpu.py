@@ -30,6 +30,7 @@ def get_config():
   c.data.train_subset, c.data.test_subset = 10_000, 2_000
   c.model.backbone, c.model.variant = "small_cnn", "F"
   c.ssl.enabled, c.ssl.num_steps, c.ssl.batch_size = True, 1000, 128
+  c.ssl.method, c.ssl.lr = "simclr", 0.4
   c.ssl.warmup_steps, c.ssl.knn_every = 50, 500
   c.leiden.enabled = True
   c.optim.lr.backbone, c.optim.lr.mu, c.optim.lr.eta = 0.01, 0.01, 0.01

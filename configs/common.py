@@ -62,15 +62,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.ssl = ml_collections.ConfigDict()
   c.ssl.enabled = False  # pretrain the backbone without labels on the poisoned set
-  c.ssl.method = "simclr"
+  c.ssl.method = "all4one"  # the reference's; or "simclr"
   c.ssl.num_steps = 1000
   c.ssl.batch_size = 256
-  c.ssl.lr = 0.4  # LARS peak lr per 256 examples (solo-learn's SimCLR)
+  c.ssl.lr = 1.0  # LARS peak lr per 256 examples (All4One 1.0; SimCLR uses 0.4)
   c.ssl.weight_decay = 1e-5
   c.ssl.warmup_steps = 100
-  c.ssl.temperature = 0.2
+  c.ssl.temperature = 0.2  # SimCLR's NT-Xent
   c.ssl.proj_hidden = 2048
   c.ssl.proj_dim = 256
+  c.ssl.pred_hidden = 4096  # All4One's predictors
+  c.ssl.queue_size = 98_304  # All4One's support-set queue
+  c.ssl.base_tau = 0.99  # All4One's momentum encoder, cosine to 1
   c.ssl.knn_every = 500  # kNN accuracy on the clean test set (0 = never)
 
   c.leiden = ml_collections.ConfigDict()

@@ -6,8 +6,7 @@ Leiden filtering and VIBE fine-tuning the backbone, or (FM) a frozen DINOv2
 backbone's cached features and VIBE on them; plus the no-defense baseline. The
 hyper-parameters are the reference's (spec 5, 7, 14) where it has them.
 
-Deviations, each a config value: SSL is SimCLR, not All4One (not implemented); its
-length is given in steps. FM needs converted DINOv2 weights
+Deviations, each a config value: the SSL length is given in steps. FM needs converted DINOv2 weights
 (`--config.model.backbone_weights=PATH.msgpack`, see vibe_jax/models/convert.py).
 `runlocal` shrinks everything (64 training images, a few steps, a small CNN for SS
 and DINOv2 ViT-S/14 with random weights at 28 px for FM) for smoke tests.
@@ -83,6 +82,7 @@ def experiment_config(dataset: str, arg: str | None) -> ml_collections.ConfigDic
     c.num_steps, c.batch_size, c.estep.period = 2, 8, 1
     c.ssl.num_steps, c.ssl.batch_size, c.ssl.warmup_steps = 1, 8, 1
     c.ssl.proj_hidden, c.ssl.proj_dim, c.ssl.knn_every = 32, 16, 0
+    c.ssl.pred_hidden, c.ssl.queue_size = 32, 64
     c.leiden.num_neighbors = 5
     c.log_every = c.checkpoint.every = 1
     c.progress_bar = False

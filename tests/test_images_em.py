@@ -107,7 +107,7 @@ def test_images_without_a_backbone_are_refused(tmp_path):
 def test_simclr_pretraining_feeds_vibe_ss(tmp_path):
   root = _folder(tmp_path / "data")
   config = _config(root, steps=10)
-  config.ssl.enabled = True
+  config.ssl.enabled, config.ssl.method = True, "simclr"
   config.ssl.num_steps, config.ssl.batch_size, config.ssl.warmup_steps = 12, 16, 2
   config.ssl.knn_every, config.ssl.proj_hidden, config.ssl.proj_dim = 6, 64, 32
   config.log_every = 6
@@ -202,6 +202,7 @@ def test_ssl_stage_resumes_to_the_same_backbone(tmp_path):
   def run(workdir, ssl_steps):
     config = _config(root, steps=2)
     config.ssl.enabled, config.ssl.num_steps, config.ssl.batch_size = True, ssl_steps, 16
+    config.ssl.pred_hidden, config.ssl.queue_size = 32, 64  # All4One, the default
     config.ssl.warmup_steps, config.ssl.knn_every = 2, 0
     config.ssl.proj_hidden, config.ssl.proj_dim = 64, 32
     config.checkpoint.every, config.log_every = 3, 3
@@ -220,3 +221,47 @@ def test_ssl_stage_resumes_to_the_same_backbone(tmp_path):
   b = load_variables(str(tmp_path / "split" / "ssl" / "backbone.msgpack"))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_all4one_pretraining_runs_and_learns(tmp_path):
+  from vibe_jax import all4one  # pylint: disable=g-import-not-at-top
+  from vibe_jax.data.sources import DATASETS  # pylint: disable=g-import-not-at-top
+
+  config = _config(tmp_path, steps=1)
+  c = config.ssl
+  c.num_steps, c.batch_size, c.warmup_steps = 30, 16, 1
+  c.proj_hidden, c.proj_dim, c.pred_hidden, c.queue_size = 64, 32, 64, 64
+  model = all4one.All4One(build_backbone("small_cnn"), 64, 32, 64)
+  init, step, backbone_of = all4one.make_all4one(config, model, DATASETS["cifar10"], 30)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3),
+                                                         dtype=np.uint8))
+  state = init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+  step = jax.jit(step)
+  key = jax.random.PRNGKey(1)
+  losses, queues = [], [np.asarray(state.extra["queue"])]
+  for _ in range(12):
+    state, metrics = step(state, key, images)
+    losses.append(float(metrics["loss"]))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+  queues.append(np.asarray(state.extra["queue"]))
+  assert int(state.extra["queue_ptr"]) == (12 * 16) % 64  # FIFO of 64
+  assert not np.allclose(queues[0], queues[1])
+  np.testing.assert_allclose(np.linalg.norm(queues[1], axis=1), 1.0, rtol=1e-5)
+  # The momentum encoder trails the online one.
+  mom = state.extra["momentum"]["backbone"]["Conv_0"]["kernel"]
+  online = state.params["encoder"]["backbone"]["Conv_0"]["kernel"]
+  assert not np.allclose(mom, online)
+  assert losses[-1] < losses[0]
+  assert set(backbone_of(state)) == {"params", "batch_stats"}
+
+
+def test_all4one_positional_encoding_is_the_permuted_1d_sinusoid():
+  from vibe_jax.all4one import positional_encoding  # pylint: disable=g-import-not-at-top
+
+  pe = positional_encoding(5, 256)
+  assert pe.shape == (5, 256)
+  p = np.arange(256)
+  np.testing.assert_allclose(pe[0], np.sin(p), atol=1e-6)  # channel 0: sin(p * 1)
+  np.testing.assert_allclose(pe[1], np.cos(p), atol=1e-6)
+  np.testing.assert_allclose(pe[2], np.sin(p * 10000 ** (-2 / 6)), atol=1e-6)
+  np.testing.assert_allclose(pe[4], np.sin(p * 10000 ** (-4 / 6)), atol=1e-6)

@@ -1,13 +1,13 @@
 """Self-supervised pretraining of the backbone on the poisoned training set.
 
-SimCLR (NT-Xent between two augmented views; spec 8.2's augmentations,
-`vibe_jax.data.ssl_augment`) with a solo-learn style projector
-(Linear-BN-ReLU-Linear, 2048 hidden, 256 out), LARS with warm-up and cosine decay.
-A kNN monitor (k = 20, cosine similarity, weights exp(sim / 0.07)) on the clean
-test set is logged every `ssl.knn_every` steps. The stage checkpoints in
-`workdir/ssl/checkpoints`, resumes from there, and writes the backbone's variables
-to `workdir/ssl/backbone.msgpack` for VIBE-SS to fine-tune. All4One (the
-reference's method) is not implemented yet.
+`config.ssl.method`: "all4one" (the reference's, `vibe_jax.all4one`) or "simclr"
+(NT-Xent between two views, a solo-learn style projector Linear-BN-ReLU-Linear, 2048
+hidden, 256 out). Both use spec 8.2's augmentations (`vibe_jax.data.ssl_augment`)
+and LARS with warm-up and cosine decay, biases and norms excluded from weight decay
+and adaptation. A kNN monitor (k = 20, cosine similarity, weights exp(sim / 0.07))
+on the clean test set is logged every `ssl.knn_every` steps. The stage checkpoints
+in `workdir/ssl/checkpoints`, resumes from there, and writes the backbone's
+variables to `workdir/ssl/backbone.msgpack` for VIBE-SS to fine-tune.
 """
 
 import functools
@@ -33,7 +33,8 @@ from vibe_jax.data.ssl_augment import two_views
 from vibe_jax.models.backbones import build_backbone
 from vibe_jax.models.convert import save_variables
 
-__all__ = ["SimCLR", "nt_xent", "knn_accuracy", "SSLState", "make_ssl_step", "pretrain"]
+__all__ = ["SimCLR", "nt_xent", "knn_accuracy", "SSLState", "lars", "make_ssl_step",
+           "pretrain"]
 
 _log = logging.getLogger(__name__)
 
@@ -89,24 +90,30 @@ def knn_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
 
 @flax.struct.dataclass
 class SSLState:
-  """step, params, batch_stats, opt_state of the SSL model."""
+  """step, params, batch_stats, opt_state of the SSL model, and the method's own
+  state in `extra` (All4One: momentum encoder and queue)."""
 
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  extra: Any = flax.struct.field(default_factory=dict)
+
+
+def lars(c: ml_collections.ConfigDict, peak_lr: float) -> optax.GradientTransformation:
+  """LARS (trust coefficient 0.02, momentum 0.9) with linear warm-up and cosine decay
+  to `c.num_steps`; biases and normalisation parameters are excluded from weight
+  decay and from the trust ratio, as in solo-learn."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_lr, warmup_steps=c.warmup_steps,
+      decay_steps=max(c.num_steps, c.warmup_steps + 1))
+  mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+  return optax.lars(schedule, weight_decay=c.weight_decay, weight_decay_mask=mask,
+                    trust_coefficient=0.02, trust_ratio_mask=mask, momentum=0.9)
 
 
 def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=c.lr * c.batch_size / 256,
-      warmup_steps=c.warmup_steps, decay_steps=max(c.num_steps, c.warmup_steps + 1))
-  # LARS as solo-learn: biases and normalisation parameters are excluded from
-  # weight decay and from the trust ratio.
-  mask = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, p: p.ndim > 1, params)
-  return optax.lars(schedule, weight_decay=c.weight_decay, weight_decay_mask=mask,
-                    trust_coefficient=0.02, trust_ratio_mask=mask, momentum=0.9)
+  return lars(c, c.lr * c.batch_size / 256)
 
 
 def make_ssl_step(model: SimCLR, tx, info: DatasetInfo, temperature: float
@@ -136,16 +143,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Fea
   """Runs (or resumes) SimCLR on the poisoned training images; returns the path of
   the backbone's variables."""
   c = config.ssl
-  if c.method != "simclr":
-    raise ValueError(f"unknown config.ssl.method {c.method!r}; implemented: 'simclr'")
   out_path = workdir / "ssl" / "backbone.msgpack"
-  model = SimCLR(build_backbone(config.model.backbone), c.proj_hidden, c.proj_dim)
-  tx = _optimizer(c)
+  init, raw_step, backbone_of, model = _method(config, info)
   rng = jax.random.PRNGKey(config.seed + 1)
-  sample = device.normalize(jnp.asarray(data.train_features[:2]), info)
-  variables = model.init(rng, sample)
-  state = SSLState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                   batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+  state = init(rng, device.normalize(jnp.asarray(data.train_features[:2]), info))
   ckpt = Checkpointer(workdir / "ssl" / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
   state, restored = ckpt.restore_or(state)
   start = int(state.step)
@@ -158,7 +159,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Fea
   state = jax.device_put(state, everywhere)
   images = jax.device_put(data.train_features, everywhere)
   base_key = jax.random.PRNGKey(config.seed + 2)
-  raw_step = make_ssl_step(model, tx, info, c.temperature)
 
   @functools.partial(jax.jit, donate_argnums=0,
                      in_shardings=(everywhere, everywhere, rows),
@@ -178,11 +178,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Fea
     epoch, offset = divmod(t, per_epoch)
     perm = np.random.default_rng((config.seed, 0x551, epoch)).permutation(n)
     state, metrics = step(state, images, perm[offset * batch_size:(offset + 1) * batch_size])
-    window.append(metrics["loss"])
+    window.append(metrics)
     done = t + 1
     if done % config.log_every == 0 or done == c.num_steps:
-      row = {"stage": "ssl", "step": done, "event": "train",
-             "loss": float(jnp.mean(jnp.stack(window)))}
+      means = jax.tree_util.tree_map(lambda *v: float(jnp.mean(jnp.stack(v))), *window)
+      row = {"stage": "ssl", "step": done, "event": "train", **means}
       window = []
       if c.knn_every and (done % c.knn_every == 0 or done == c.num_steps):
         v = {"params": state.params, "batch_stats": state.batch_stats}
@@ -196,7 +196,34 @@ def pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Fea
     if done % config.checkpoint.every == 0 or done == c.num_steps:
       ckpt.save(done, state)
   ckpt.close()
-  backbone = {"params": jax.device_get(state.params["backbone"]),
-              "batch_stats": jax.device_get(state.batch_stats["backbone"])}
-  save_variables(backbone, str(out_path))
+  save_variables(jax.device_get(backbone_of(state)), str(out_path))
   return out_path
+
+
+def _method(config: ml_collections.ConfigDict, info: DatasetInfo):
+  """(init(rng, sample) -> SSLState, step, backbone variables of a state, model)."""
+  c = config.ssl
+  backbone = build_backbone(config.model.backbone)
+  if c.method == "simclr":
+    model = SimCLR(backbone, c.proj_hidden, c.proj_dim)
+    tx = _optimizer(c)
+
+    def init(rng, sample):
+      variables = model.init(rng, sample)
+      return SSLState(jnp.zeros((), jnp.int32), variables["params"],
+                      variables["batch_stats"], tx.init(variables["params"]))
+
+    backbone_of = lambda s: {"params": s.params["backbone"],
+                             "batch_stats": s.batch_stats["backbone"]}
+    return init, make_ssl_step(model, tx, info, c.temperature), backbone_of, model
+  if c.method == "all4one":
+    from vibe_jax import all4one  # pylint: disable=g-import-not-at-top
+
+    batch = min(c.batch_size, c.queue_size)
+    if c.queue_size % batch:
+      raise ValueError(f"config.ssl.queue_size {c.queue_size} must be a multiple of the "
+                       f"batch size {batch}")
+    model = all4one.All4One(backbone, c.proj_hidden, c.proj_dim, c.pred_hidden)
+    init, step, backbone_of = all4one.make_all4one(config, model, info, c.num_steps)
+    return init, step, backbone_of, model
+  raise ValueError(f"unknown config.ssl.method {c.method!r}; use 'all4one' or 'simclr'")
