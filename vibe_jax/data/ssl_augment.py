@@ -2,10 +2,11 @@
 
 Both views: RandomResizedCrop (scale 0.08-1), colour jitter with probability 0.8
 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1), grayscale with probability
-0.2, horizontal flip; the second view is also solarised with probability 0.2
-(ImageNet-size images would add Gaussian blur; not implemented). Deviation:
-torchvision applies the four jitters in a random order, here always brightness,
-contrast, saturation, hue.
+0.2, horizontal flip; the second view is also solarised with probability 0.2. For
+ImageNet-size images, Gaussian blur (sigma uniform in 0.1-2, as PIL's radius) with
+probability 1.0 (first view) and 0.1 (second); CIFAR views are not blurred.
+Deviation: torchvision applies the four jitters in a random order, here always
+brightness, contrast, saturation, hue.
 """
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 from vibe_jax.data.device import normalize, random_resized_crop_flip
 from vibe_jax.data.sources import DatasetInfo
 
-__all__ = ["two_views"]
+__all__ = ["two_views", "gaussian_blur"]
 
 
 def _grey(x):
@@ -57,13 +58,28 @@ def _jitter(key, x):
   return _hsv_to_rgb(h, s, v)
 
 
-def _view(key, image, size, solarize_p):
+def gaussian_blur(x: jax.Array, sigma: jax.Array, radius: int = 11) -> jax.Array:
+  """Separable Gaussian blur of one (H, W, C) image with a traced sigma, reflecting
+  at the borders."""
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  w = jnp.exp(-0.5 * (taps / sigma) ** 2)
+  w = w / w.sum()
+  h, wd = x.shape[0], x.shape[1]
+  padded = jnp.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+  rows = sum(w[i] * padded[i:i + h] for i in range(2 * radius + 1))
+  return sum(w[i] * rows[:, i:i + wd] for i in range(2 * radius + 1))
+
+
+def _view(key, image, size, solarize_p, blur_p):
   """One augmented view of one uint8 image, as float in [0, 1]."""
-  k_crop, k_jit, k_pj, k_grey, k_sol = jax.random.split(key, 5)
+  k_crop, k_jit, k_pj, k_grey, k_sol, k_blur, k_sigma = jax.random.split(key, 7)
   x = random_resized_crop_flip(k_crop, image.astype(jnp.float32), size) / 255.0
   x = jnp.clip(x, 0, 1)
   x = jnp.where(jax.random.bernoulli(k_pj, 0.8), _jitter(k_jit, x), x)
   x = jnp.where(jax.random.bernoulli(k_grey, 0.2), jnp.broadcast_to(_grey(x), x.shape), x)
+  if blur_p:
+    sigma = jax.random.uniform(k_sigma, (), minval=0.1, maxval=2.0)
+    x = jnp.where(jax.random.bernoulli(k_blur, blur_p), gaussian_blur(x, sigma), x)
   return jnp.where(jax.random.bernoulli(k_sol, solarize_p), jnp.where(x >= 0.5, 1 - x, x), x)
 
 
@@ -73,8 +89,9 @@ def two_views(key: jax.Array, images: jax.Array, info: DatasetInfo
   k1, k2 = jax.random.split(key)
   size = info.image_size
   out = []
-  for k, solarize in ((k1, 0.0), (k2, 0.2)):
+  blur = (0.0, 0.0) if info.small else (1.0, 0.1)
+  for k, solarize, blur_p in ((k1, 0.0, blur[0]), (k2, 0.2, blur[1])):
     keys = jax.random.split(k, images.shape[0])
-    views = jax.vmap(lambda kk, im: _view(kk, im, size, solarize))(keys, images)
+    views = jax.vmap(lambda kk, im: _view(kk, im, size, solarize, blur_p))(keys, images)
     out.append(normalize(views * 255.0, info))
   return out[0], out[1]
