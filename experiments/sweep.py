@@ -1,0 +1,89 @@
+"""Run a slice of the paper's grid, one experiment after another, and tabulate it.
+
+  python experiments/sweep.py --dataset=cifar10 --variants=ss_f,fm_f \
+      --attacks=badnets,blend --root=workdirs/sweep -- --config.data.data_dir=~/tfds
+
+Each experiment runs `python -m vibe_jax.main --config=configs/DATASET.py:attack=A,
+variant=V --workdir=ROOT/DATASET/A/V` plus the overrides after `--`; one whose
+workdir already holds results.json is skipped, one that was interrupted resumes
+from its checkpoints. Afterwards (or with --collect_only) ROOT/summary.md gets one
+Markdown row per experiment and method, with provenance, from the results.json files.
+--dry_run prints the commands instead.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import grid  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def commands(dataset, attacks, variants, root, extra):
+  """[(workdir, argv)] of the experiments to run."""
+  out = []
+  for attack in attacks:
+    for variant in variants:
+      workdir = root / dataset / attack / variant
+      argv = [sys.executable, "-m", "vibe_jax.main",
+              f"--config=configs/{dataset}.py:attack={attack},variant={variant}",
+              f"--workdir={workdir}", *extra]
+      out.append((workdir, argv))
+  return out
+
+
+def summary(root: pathlib.Path) -> str:
+  """A Markdown table of every results.json under `root`."""
+  lines = ["| experiment | method | ACC (%) | ASR (%) | poisoned: pseudo = true (%) | "
+           "poisoned relabelled (%) | seed | commit | device |",
+           "|---|---|---:|---:|---:|---:|---:|---|---|"]
+  pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+  for path in sorted(root.rglob("results.json")):
+    results = json.loads(path.read_text())
+    name = str(path.parent.relative_to(root))
+    prov = results.get("provenance", {})
+    for row in results["rows"]:
+      lines.append(f"| {name} | {row['method']} | {pct(row['clean_acc'])} | "
+                   f"{pct(row['asr'])} | {pct(row.get('pseudo_poisoned_true_agreement'))} | "
+                   f"{pct(row.get('pseudo_poisoned_relabelled'))} | {results['seed']} | "
+                   f"{prov.get('commit', '?')} | {prov.get('device', '?')} |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--dataset", default="cifar10", choices=sorted(grid.ATTACKS))
+  parser.add_argument("--attacks", default="", help="comma-separated; default: all")
+  parser.add_argument("--variants", default=",".join(grid.VARIANTS))
+  parser.add_argument("--root", default="workdirs/sweep")
+  parser.add_argument("--dry_run", action="store_true")
+  parser.add_argument("--collect_only", action="store_true")
+  args, extra = parser.parse_known_args()
+  extra = [a for a in extra if a != "--"]
+  root = pathlib.Path(args.root)
+  attacks = args.attacks.split(",") if args.attacks else list(grid.ATTACKS[args.dataset])
+  unknown = [a for a in attacks if a not in grid.ATTACKS[args.dataset]]
+  if unknown:
+    sys.exit(f"attacks {unknown} are not in the {args.dataset} grid {grid.ATTACKS[args.dataset]}")
+  if not args.collect_only:
+    for workdir, argv in commands(args.dataset, attacks, args.variants.split(","), root, extra):
+      if args.dry_run:
+        print(" ".join(argv))
+        continue
+      if (workdir / "results.json").exists():
+        print(f"done already: {workdir}")
+        continue
+      print(f"running: {workdir}", flush=True)
+      subprocess.run(argv, cwd=ROOT, check=True)
+  if not args.dry_run:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "summary.md").write_text(summary(root))
+    print(f"wrote {root / 'summary.md'}")
+
+
+if __name__ == "__main__":
+  main()
