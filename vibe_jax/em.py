@@ -31,6 +31,7 @@ import tqdm
 from vibe_jax import estep, mstep, report, sharding
 from vibe_jax.checkpoint import Checkpointer
 from vibe_jax.data import device
+from vibe_jax.data.batches import IndexBatches
 from vibe_jax.data.features import FeatureData
 from vibe_jax.data.load import load_data
 from vibe_jax.data.sources import DatasetInfo
@@ -96,27 +97,6 @@ def _optimizer(config: ml_collections.ConfigDict, baseline: bool = False):
            for g in mstep.GROUPS}
   return mstep.make_optimizer(lrs, momentum=config.optim.momentum,
                               weight_decay=config.optim.weight_decay, frozen=frozen)
-
-
-class _Batches:
-  """Fixed-size batches of indices from a per-epoch permutation of (seed, epoch).
-
-  Any step's batch is a function of (seed, step) alone, so a resumed run reads
-  exactly the batches an uninterrupted one would.
-  """
-
-  def __init__(self, n: int, batch_size: int, seed: int):
-    self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
-    self.per_epoch = self.n // self.batch_size
-    self._epoch, self._perm = -1, None
-
-  def __call__(self, step: int) -> np.ndarray:
-    epoch, offset = divmod(step, self.per_epoch)
-    if epoch != self._epoch:
-      self._epoch = epoch
-      self._perm = np.random.default_rng((self.seed, epoch)).permutation(self.n)
-    start = offset * self.batch_size
-    return self._perm[start:start + self.batch_size].astype(np.int32)
 
 
 def _variables(state: mstep.TrainState) -> dict[str, Any]:
@@ -216,7 +196,7 @@ def fit(
     _log.info("[%s] resuming from the checkpoint at step %d", name, start)
   mesh = sharding.data_mesh()
   everywhere, rows = sharding.replicated(mesh), sharding.batch_rows(mesh)
-  batches = _Batches(len(data.train_labels), config.batch_size, config.seed)
+  batches = IndexBatches(len(data.train_labels), config.batch_size, config.seed)
   sharding.check_batch_size(batches.batch_size, mesh)
   state = jax.device_put(state, everywhere)
   inputs = jax.device_put(data.train_features, everywhere)

@@ -27,6 +27,7 @@ import tqdm
 from vibe_jax import sharding
 from vibe_jax.checkpoint import Checkpointer
 from vibe_jax.data import device
+from vibe_jax.data.batches import IndexBatches
 from vibe_jax.data.features import FeatureData
 from vibe_jax.data.sources import DatasetInfo
 from vibe_jax.data.ssl_augment import two_views
@@ -169,15 +170,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: Fea
   from vibe_jax.em import Inputs, embed  # pylint: disable=g-import-not-at-top
 
   features = lambda v, x: embed(model, v, x, Inputs(info))
-  n = len(data.train_labels)
-  per_epoch = n // batch_size
+  batches = IndexBatches(len(data.train_labels), batch_size, (config.seed, 0x551))
   window = []
   bar = tqdm.tqdm(range(start, c.num_steps), desc="ssl", initial=start, total=c.num_steps,
                   mininterval=1.0, disable=not config.progress_bar)
   for t in bar:
-    epoch, offset = divmod(t, per_epoch)
-    perm = np.random.default_rng((config.seed, 0x551, epoch)).permutation(n)
-    state, metrics = step(state, images, perm[offset * batch_size:(offset + 1) * batch_size])
+    state, metrics = step(state, images, batches(t))
     window.append(metrics)
     done = t + 1
     if done % config.log_every == 0 or done == c.num_steps:
