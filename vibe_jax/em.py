@@ -36,7 +36,7 @@ from vibe_jax.data.features import FeatureData
 from vibe_jax.data.load import load_data
 from vibe_jax.data.sources import DatasetInfo
 from vibe_jax.errors import InputError
-from vibe_jax.models import VIBEHead, VIBEModel, class_means
+from vibe_jax.models import VIBEHead, VIBEModel, init_head_params
 from vibe_jax.models.backbones import build_backbone, feature_dim
 from vibe_jax.provenance import provenance
 
@@ -267,33 +267,34 @@ def initial_variables(model: VIBEModel, data: FeatureData, config, prep: Inputs
   return variables
 
 
-def _initial_state(model: VIBEModel, data: FeatureData, tx, config, prep: Inputs
-                   ) -> mstep.TrainState:
-  """`initial_variables`, then mu = eta = class means of the training features under
-  the given labels and rho ~ N(0, I) (spec 3.8)."""
-  rho_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+def _initial_features(model: VIBEModel, data: FeatureData, config, prep: Inputs):
+  """(`initial_variables`, training features under them): what prototype
+  initialisation and Leiden filtering both start from."""
   variables = initial_variables(model, data, config, prep)
   features = (embed(model, variables, data.train_features, prep)
               if model.backbone is not None else data.train_features)
-  means = class_means(features, data.train_labels, data.num_classes)
-  params = dict(variables["params"])
-  # Separate buffers for mu and eta: the train step donates its state.
-  params["head"] = {"mu": jnp.array(means), "eta": jnp.array(means),
-                    "rho": jax.random.normal(rho_rng, (data.num_classes,), jnp.float32)}
+  return variables, features
+
+
+def _initial_state(variables, features: np.ndarray, data: FeatureData, tx, config
+                   ) -> mstep.TrainState:
+  """mu = eta = class means of the training `features` under the given labels and
+  rho ~ N(0, I) (spec 3.8) on top of `variables`."""
+  rho_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+  params = {**variables["params"],
+            "head": init_head_params(features, data.train_labels, data.num_classes, rho_rng)}
   return mstep.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(params),
                           pseudo_labels=jnp.asarray(data.train_labels, jnp.int32))
 
 
-def _leiden_filter(model, data, config, prep, workdir, log):
-  """Spec 9: drops at most one outlier cluster of the initial features; the kept
-  original indices go to `workdir/leiden.json`."""
+def _leiden_filter(features, data, config, workdir, log):
+  """Spec 9: drops at most one outlier cluster of the initial `features`; returns
+  (data, features) without it and the counts removed; the kept original indices go
+  to `workdir/leiden.json`."""
   from vibe_jax import leiden  # pylint: disable=g-import-not-at-top
 
-  variables = initial_variables(model, data, config, prep)
-  features = (embed(model, variables, data.train_features, prep)
-              if model.backbone is not None else data.train_features)
   keep, report_ = leiden.outlier_cluster_keep(
       features, data.train_labels, delta=config.leiden.delta,
       num_neighbors=config.leiden.num_neighbors, seed=config.seed)
@@ -312,7 +313,7 @@ def _leiden_filter(model, data, config, prep, workdir, log):
                        train_labels=data.train_labels[keep],
                        train_true_labels=pick(data.train_true_labels),
                        train_poisoned=pick(data.train_poisoned))
-  return data, report_["removed_examples"], removed_poisoned
+  return data, features[keep], report_["removed_examples"], removed_poisoned
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -358,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.baseline.enabled:
     began = time.time()
     tx = _optimizer(config, baseline=True)
-    state = _initial_state(model, data, tx, config, prep)
+    state = _initial_state(*_initial_features(model, data, config, prep), data, tx, config)
     state = fit(name="baseline", state=state, step_fn=mstep.make_baseline_step(model, tx),
                 data=data, config=config, workdir=workdir, log=log, prep=prep)
     rows.append(row("no defense", state, began))
@@ -374,11 +375,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config.model.backbone_weights = str(ssl.pretrain(config, workdir, data, info, log))
     stage_times["ssl_wall_time_s"] = round(time.time() - began, 2)
   began = time.time()
+  variables, features = _initial_features(model, data, config, prep)
   if config.get("leiden") and config.leiden.enabled:
-    data, stage_times["leiden_removed"], stage_times["leiden_removed_poisoned"] = (
-        _leiden_filter(model, data, config, prep, workdir, log))
+    (data, features, stage_times["leiden_removed"],
+     stage_times["leiden_removed_poisoned"]) = _leiden_filter(features, data, config,
+                                                              workdir, log)
   tx = _optimizer(config)
-  state = _initial_state(model, data, tx, config, prep)
+  state = _initial_state(variables, features, data, tx, config)
   state = fit(name="vibe", state=state, step_fn=mstep.make_vibe_step(model, tx),
               data=data, config=config, workdir=workdir, log=log, prep=prep,
               estep_fn=_make_estep(model, config, prep))
