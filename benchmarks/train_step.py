@@ -7,8 +7,6 @@ on a random uint8 CIFAR-sized batch, timed after compilation.
 """
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
@@ -16,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vibe_jax import mstep
+from vibe_jax.config import base_config
 from vibe_jax.data import sources
+from vibe_jax.data.device import augment
 from vibe_jax.models import VIBEHead, VIBEModel
 from vibe_jax.models.backbones import build_backbone, feature_dim
-from vibe_jax.ssl import SimCLR, SSLState, make_ssl_step, _optimizer as ssl_optimizer
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs.common import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vibe_jax.stages import ssl
+from vibe_jax.train import TrainState
 
 
 def timed(fn, state, steps):
@@ -48,14 +47,13 @@ def main():
   device = jax.devices()[0].device_kind
   rows = []
   for name in args.backbones.split(","):
-    from vibe_jax.data.device import augment  # pylint: disable=g-import-not-at-top
-
     model = VIBEModel(VIBEHead(10, feature_dim(name), conditioned=True), build_backbone(name))
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
     tx = mstep.make_optimizer({g: 1e-3 for g in mstep.GROUPS})
-    state = mstep.TrainState(jnp.zeros((), jnp.int32), variables["params"],
-                             variables["batch_stats"], tx.init(variables["params"]), labels)
-    vibe = mstep.make_vibe_step(model, tx)
+    state = TrainState.create_for(params=variables["params"], tx=tx,
+                                  batch_stats=variables["batch_stats"],
+                                  extra={"pseudo_labels": labels})
+    vibe = mstep.make_vibe_step(model)
 
     @jax.jit
     def vibe_step(state):
@@ -66,14 +64,10 @@ def main():
 
     config = base_config().ssl
     config.batch_size = b
-    ssl_model = SimCLR(build_backbone(name), config.proj_hidden, config.proj_dim)
-    v = ssl_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    stx = ssl_optimizer(config)
-    sstate = SSLState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
-                      stx.init(v["params"]))
-    raw = make_ssl_step(ssl_model, stx, info, config.temperature)
-    ssl_step = jax.jit(lambda s: raw(s, jax.random.fold_in(jax.random.PRNGKey(2), s.step),
-                                     images))
+    parts = ssl.build("simclr").build(config, build_backbone(name), info)
+    sstate = parts.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    ssl_step = jax.jit(lambda s: parts.step(
+        s, {"key": jax.random.fold_in(jax.random.PRNGKey(2), s.step), "x": images}))
     ssl_s = timed(ssl_step, sstate, args.steps)
     rows.append((name, b / vibe_s, b / ssl_s))
     print(f"{name}: VIBE-SS M-step {b / vibe_s:,.0f} img/s, SimCLR step {b / ssl_s:,.0f} "

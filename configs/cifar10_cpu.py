@@ -18,7 +18,7 @@ Expected: see the README's results section (measured there, with provenance).
 
 import pathlib
 
-from configs.common import base_config
+from vibe_jax.config import base_config
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

@@ -10,7 +10,7 @@ Arguments after the colon: attack (see configs/grid.py), variant (ss_a, ss_f, fm
 fm_f), runlocal=1 (a tiny smoke-test version). Expected results: not yet measured.
 """
 
-from configs.grid import experiment_config
+from vibe_jax.config.grid import experiment_config
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@ Trains the no-defense classifier and VIBE on the 64 pixels and prints ACC and AS
 of both; well under 3 minutes on a laptop CPU.
 """
 
-from configs.common import base_config
+from vibe_jax.config import base_config
 
 
 def get_config():

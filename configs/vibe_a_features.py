@@ -7,7 +7,7 @@ class means of the given labels (spec 5.4).
       --config.data.path=features.npz --workdir=workdirs/vibe_a
 """
 
-from configs.common import base_config
+from vibe_jax.config import base_config
 
 
 def get_config():

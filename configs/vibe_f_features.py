@@ -10,7 +10,7 @@ Cost: 15,000 M-steps of a 1024 x D batch plus 30 E-steps over the N x K log-join
 not yet measured at full size (the E-step alone: see benchmarks/estep.py).
 """
 
-from configs.common import base_config
+from vibe_jax.config import base_config
 
 
 def get_config():

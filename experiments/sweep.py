@@ -17,10 +17,9 @@ import pathlib
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vibe_jax.config import grid
 
-from configs import grid  # pylint: disable=g-import-not-at-top,wrong-import-position
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def commands(dataset, attacks, variants, root, extra):

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vibe_jax.checkpoint import Checkpointer
-from vibe_jax.mstep import TrainState
+from vibe_jax.train import TrainState
 
 
 def _state(value):
-  return TrainState(step=jnp.asarray(value, jnp.int32),
+  return TrainState(step=jnp.asarray(value, jnp.int32), apply_fn=None, tx=None,
                     params={"head": {"mu": jnp.full((2, 3), float(value))}},
-                    batch_stats={}, opt_state=(), pseudo_labels=jnp.arange(4) + value)
+                    opt_state=(), extra={"pseudo_labels": jnp.arange(4) + value})
 
 
 def test_round_trip_and_fallback_from_corrupt_latest(tmp_path, caplog):
@@ -30,7 +30,7 @@ def test_round_trip_and_fallback_from_corrupt_latest(tmp_path, caplog):
     restored, step = ckpt.restore_or(_state(0))
   assert step == 1
   np.testing.assert_array_equal(restored.params["head"]["mu"], np.ones((2, 3)))
-  np.testing.assert_array_equal(restored.pseudo_labels, np.arange(4) + 1)
+  np.testing.assert_array_equal(restored.extra["pseudo_labels"], np.arange(4) + 1)
   assert "could not be restored" in caplog.text
   # The corrupt step is kept aside, not deleted; step 1 is untouched.
   kept = [p.name for p in (tmp_path / "ckpt").iterdir()]

@@ -7,6 +7,7 @@ import pytest
 
 from tests import golden
 from vibe_jax import estep, mstep
+from vibe_jax.train import TrainState
 from vibe_jax.models import VIBEHead, VIBEModel, class_means
 
 ATOL = 1e-5
@@ -90,10 +91,9 @@ def test_two_sgd_steps_match_torch(variant):
   tx = mstep.make_optimizer(
       {"backbone": 1e-3, "mu": 1e-3, "eta": 1e-3, "prior": 0.1},
       momentum=0.9, weight_decay=5e-4)
-  state = mstep.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-      opt_state=tx.init(params), pseudo_labels=jnp.asarray(golden.PSEUDO, jnp.int32))
-  step = jax.jit(mstep.make_vibe_step(model, tx))
+  state = TrainState.create_for(
+      params=params, tx=tx, extra={"pseudo_labels": jnp.asarray(golden.PSEUDO, jnp.int32)})
+  step = jax.jit(mstep.make_vibe_step(model))
   batch = {"x": jnp.asarray(golden.V), "y": jnp.asarray(golden.Y),
            "index": jnp.arange(9)}
   for _ in range(2):

@@ -56,11 +56,12 @@ def _final_state(workdir):
   return step, restored
 
 
-RESUME_ARGS = ("--config.baseline.enabled=False", "--config.num_steps=6000",
+RESUME_ARGS = ("--config.defenses=vibe", "--config.num_steps=6000",
                "--config.checkpoint.every=200", "--config.estep.period=500",
                "--config.model.variant=A")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
   whole, killed = tmp_path / "whole", tmp_path / "killed"
   _run(whole, *RESUME_ARGS)
@@ -87,7 +88,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
   step_a, a = _final_state(whole)
   step_b, b = _final_state(killed)
   assert step_a == step_b == 6000
-  np.testing.assert_array_equal(a["pseudo_labels"], b["pseudo_labels"])
+  np.testing.assert_array_equal(a["extra"]["pseudo_labels"], b["extra"]["pseudo_labels"])
   for name in ("mu", "eta", "rho"):
     np.testing.assert_array_equal(a["params"]["head"][name], b["params"]["head"][name])
   np.testing.assert_array_equal(np.load(whole / "pseudo_labels.npy"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vibe_jax import mstep
+from vibe_jax.train import TrainState
 from vibe_jax.models import VIBEHead, VIBEModel, l2_normalize
 
 
@@ -55,10 +56,9 @@ def test_frozen_groups_do_not_move():
   before = jax.tree_util.tree_map(np.asarray, params)
   tx = mstep.make_optimizer({"backbone": 0.1, "mu": 0.1, "eta": 0.1, "prior": 0.1},
                             frozen=("eta", "prior"))
-  state = mstep.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                           opt_state=tx.init(params),
-                           pseudo_labels=jnp.asarray([0, 1, 2, 0], jnp.int32))
-  step = jax.jit(mstep.make_vibe_step(model, tx))
+  state = TrainState.create_for(
+      params=params, tx=tx, extra={"pseudo_labels": jnp.asarray([0, 1, 2, 0], jnp.int32)})
+  step = jax.jit(mstep.make_vibe_step(model))
   batch = {"x": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32),
            "y": jnp.asarray([0, 0, 2, 1]), "index": jnp.arange(4)}
   losses = []

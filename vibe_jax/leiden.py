@@ -50,6 +50,7 @@ def knn_graph_edges(features: np.ndarray, k: int = 50, chunk: int = 2048) -> np.
 def leiden_partition(num_nodes: int, edges: np.ndarray, target: int, seed: int,
                      resolutions: Optional[np.ndarray] = None) -> np.ndarray:
   """Cluster ids (N,) from the resolution sweep of spec 9 step 4."""
+  # Lazy: the graph libraries are needed only when Leiden filtering is on.
   import igraph  # pylint: disable=g-import-not-at-top
   import leidenalg  # pylint: disable=g-import-not-at-top
 

@@ -1,7 +1,7 @@
 """Command line: `python -m vibe_jax.main --config=configs/NAME.py --workdir=DIR`.
 
 Config values are overridden with `--config.a.b=value`. Kept short on purpose: the
-logic lives in `vibe_jax.em`, importable and tested.
+logic lives in `vibe_jax.experiment`, importable and tested.
 """
 
 import logging as std_logging
@@ -12,6 +12,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from vibe_jax import errors, experiment, report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -49,8 +51,6 @@ def _setup_logging():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from vibe_jax import em, errors, report  # pylint: disable=g-import-not-at-top
-
   _setup_logging()
   config = _CONFIG.value
   try:
@@ -58,7 +58,7 @@ def main(argv):
   except OSError as error:
     sys.exit(f"FATAL config error: cannot load --config: {error}")
   try:
-    results = em.train_and_evaluate(config, _WORKDIR.value)
+    results = experiment.train_and_evaluate(config, _WORKDIR.value)
   except errors.InputError as error:
     sys.exit(f"FATAL input error: {error}")
   print(report.markdown_table(results["rows"]))
@@ -66,8 +66,7 @@ def main(argv):
 
 
 def run():
-  """Entry point; puts the working directory on sys.path so configs/ imports."""
-  sys.path.insert(0, os.getcwd())
+  """Entry point: absl with our flag parser."""
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -8,7 +8,6 @@ marked frozen gets `optax.set_to_zero()` and never moves, not even by weight dec
 
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,6 @@ import optax
 
 __all__ = [
     "GROUPS",
-    "TrainState",
     "param_groups",
     "make_optimizer",
     "vibe_loss",
@@ -26,25 +24,6 @@ __all__ = [
 
 GROUPS = ("backbone", "mu", "eta", "prior")
 _HEAD_GROUP = {"mu": "mu", "eta": "eta", "rho": "prior"}
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step changes; a plain pytree that orbax saves as is.
-
-  Attributes:
-    step: number of M-steps done.
-    params: {"head": {...}} plus {"backbone": {...}} when there is one.
-    batch_stats: BatchNorm statistics of the backbone ({} without one).
-    opt_state: optax state.
-    pseudo_labels: (N,) int32 current E-step labels, indexed by example index.
-  """
-
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  pseudo_labels: jax.Array
 
 
 def param_groups(params: Any) -> Any:
@@ -104,7 +83,7 @@ def vibe_loss(log_joint: jax.Array, pseudo_labels: jax.Array) -> jax.Array:
   return -jnp.mean(picked)
 
 
-def _apply(model: nn.Module, state: TrainState, params: Any, method: str, *args):
+def _apply(model: nn.Module, state, params: Any, method: str, *args):
   """Runs `model.<method>` in training mode, updating BatchNorm statistics."""
   variables = {"params": params}
   if state.batch_stats:
@@ -116,27 +95,17 @@ def _apply(model: nn.Module, state: TrainState, params: Any, method: str, *args)
   return model.apply(variables, *args, train=True, method=method), state.batch_stats
 
 
-def _update(state: TrainState, tx: optax.GradientTransformation, grads, batch_stats):
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      opt_state=opt_state,
-      batch_stats=batch_stats,
-  )
-
-
-def make_vibe_step(
-    model: nn.Module, tx: optax.GradientTransformation
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_vibe_step(model: nn.Module) -> Callable[[Any, dict], tuple[Any, dict]]:
   """Returns the pure VIBE M-step `(state, batch) -> (state, metrics)`.
 
-  `batch` holds "x" (inputs or features), "y" (given labels) and "index" (example
-  indices); the step gathers the pseudo-labels `state.pseudo_labels[index]`.
+  `state` is a `vibe_jax.train.TrainState` (its `tx` is the optimizer) whose
+  `extra["pseudo_labels"]` holds the E-step's labels of every example. `batch`
+  holds "x" (inputs or features), "y" (given labels) and "index" (example
+  indices); the step gathers the pseudo-labels at `index`.
   """
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    targets = state.pseudo_labels[batch["index"]]
+  def step(state, batch: dict) -> tuple[Any, dict]:
+    targets = state.extra["pseudo_labels"][batch["index"]]
 
     def loss_fn(params):
       log_joint, batch_stats = _apply(
@@ -146,22 +115,20 @@ def make_vibe_step(
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {"loss": loss, "pseudo_eq_given": jnp.mean(targets == batch["y"])}
-    return _update(state, tx, grads, batch_stats), metrics
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
   return step
 
 
-def make_baseline_step(
-    model: nn.Module, tx: optax.GradientTransformation
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_baseline_step(model: nn.Module) -> Callable[[Any, dict], tuple[Any, dict]]:
   """Returns the no-defense step: cross-entropy of p(l|x) on the given labels."""
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def step(state, batch: dict) -> tuple[Any, dict]:
     def loss_fn(params):
       log_p, batch_stats = _apply(model, state, params, "__call__", batch["x"])
       return vibe_loss(log_p, batch["y"]), batch_stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _update(state, tx, grads, batch_stats), {"loss": loss}
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), {"loss": loss}
 
   return step

@@ -60,6 +60,7 @@ def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
   pseudo-labels' agreement with the given and the true labels and the share of
   poisoned examples relabelled.
   """
+  # Lazy: matplotlib is slow to import and only the end of a run draws.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

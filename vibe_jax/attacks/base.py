@@ -12,14 +12,14 @@ happens before augmentation and normalisation, as in the reference (spec 10.2).
 """
 
 import dataclasses
-from typing import Callable, ClassVar, Optional
+from typing import ClassVar, Optional
 
 import numpy as np
+from PIL import Image
+
+from vibe_jax.registry import Registry
 
 __all__ = ["Attack", "register", "build", "names"]
-
-_REGISTRY: dict[str, type["Attack"]] = {}
-
 
 @dataclasses.dataclass(frozen=True)
 class Attack:
@@ -98,47 +98,16 @@ class Attack:
                        f"(B, {s}, {s}, 3), got {images.dtype} {images.shape}")
 
 
-def register(name: str) -> Callable[[type[Attack]], type[Attack]]:
-  """Class decorator adding an attack to the registry under `name`."""
-
-  def wrap(cls):
-    if name in _REGISTRY:
-      raise ValueError(f"attack {name!r} is registered twice")
-    cls.name = name
-    _REGISTRY[name] = cls
-    return cls
-
-  return wrap
-
-
-def names() -> list[str]:
-  """The registered attack names."""
-  return sorted(_REGISTRY)
-
-
-def build(name: str, **params) -> Attack:
-  """The attack `name` with `params` (its dataclass fields).
-
-  Raises:
-    ValueError: unknown attack name or parameter, naming it and the choices.
-  """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(names())}")
-  cls = _REGISTRY[name]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(params) - fields)
-  if unknown:
-    raise ValueError(f"attack {name!r} has no parameter(s) {unknown}; it has "
-                     f"{sorted(fields)}")
-  return cls(**params)
+_REGISTRY: Registry[Attack] = Registry("attack")
+register = _REGISTRY.register
+names = _REGISTRY.names
+build = _REGISTRY.build
 
 
 def load_trigger_image(path: Optional[str], size: int) -> Optional[np.ndarray]:
   """Reads an RGB trigger image from `path`, resized (bicubic) to size x size."""
   if not path:
     return None
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   try:
     image = Image.open(path).convert("RGB")
   except FileNotFoundError as error:

@@ -7,7 +7,7 @@ inputs in [0, 1], truncated to uint8), then get the corner trigger: 3x3 black-an
 white patterns in the four corners (scaled by image_size // 32). Test images get the
 trigger only.
 
-The perturbation is an offline step (`python -m vibe_jax.attacks.lc_perturb`) that
+The perturbation is an offline step (`python -m vibe_jax.tools.lc_perturb`) that
 writes a cached poisoned set, an `.npz` with `indices` and `images`; pass its path
 as `perturbation_path`. Without it the attack is the plain clean-label corner
 trigger (the reference attacks a random network when its model is missing, quirk 22).
@@ -79,7 +79,7 @@ class LabelConsistent(Attack):
         indices, images = cache["indices"], cache["images"]
     except FileNotFoundError as error:
       raise ValueError(f"lc perturbation cache {self.perturbation_path!r} does not "
-                       "exist; create it with python -m vibe_jax.attacks.lc_perturb"
+                       "exist; create it with python -m vibe_jax.tools.lc_perturb"
                        ) from error
     if images.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(f"lc perturbation cache holds {images.shape[1:]} images, the "

@@ -34,6 +34,7 @@ def badnets_digits(
     patch: trigger side in pixels.
     test_fraction: share of the digits held out for testing.
   """
+  # Lazy: scikit-learn is slow to import and only the quickstart data needs it.
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
   digits = datasets.load_digits()

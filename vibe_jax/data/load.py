@@ -16,7 +16,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
-from vibe_jax import attacks
+from vibe_jax import attacks, keyvalue
 from vibe_jax.data import device
 from vibe_jax.data.digits import badnets_digits
 from vibe_jax.data.features import FeatureData, load_npz
@@ -24,33 +24,20 @@ from vibe_jax.data.poisoned import TriggeredTestSet, poison_train_set
 from vibe_jax.data.sources import (DatasetInfo, SubsetSource, dataset_info, open_source,
                                    stratified_subset)
 from vibe_jax.errors import InputError
+from vibe_jax.models.vmf import l2_normalize
 
-__all__ = ["load_data", "parse_params"]
+__all__ = ["load_data"]
 
 
-def parse_params(text: str) -> dict:
-  """'rate=0.05,independent_fields=True,trigger_path=t.png' -> typed dict (Python
-  literals where they parse, strings otherwise); a string, so that any attack
-  parameter can be set from the command line."""
-  import ast  # pylint: disable=g-import-not-at-top
-
-  out = {}
-  for item in (text or "").split(","):
-    if not item.strip():
-      continue
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise InputError(f"attack parameter {item!r} is not key=value")
-    try:
-      out[key.strip()] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-      out[key.strip()] = value.strip()
-  return out
+def _attack_params(text: str) -> dict:
+  try:
+    return keyvalue.parse(text)
+  except ValueError as error:
+    raise InputError(f"config.data.attack_params: {error}") from error
 
 
 def _unit(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
-  return None if a is None else a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True),
-                                               1e-12)
+  return None if a is None else np.asarray(l2_normalize(a))
 
 
 def _images(config: ml_collections.ConfigDict, workdir: Optional[pathlib.Path]
@@ -68,7 +55,7 @@ def _images(config: ml_collections.ConfigDict, workdir: Optional[pathlib.Path]
         test_source.labels, d.test_subset, config.seed))
   try:
     attack = attacks.build(d.attack, image_size=info.image_size, seed=config.seed,
-                           num_classes=train_source.num_classes, **parse_params(d.attack_params))
+                           num_classes=train_source.num_classes, **_attack_params(d.attack_params))
   except ValueError as error:
     raise InputError(str(error)) from error
   train = poison_train_set(train_source, attack)

@@ -200,6 +200,7 @@ class TfdsSource(ImageSource):
 
   def __init__(self, name: str, split: str, data_dir: Optional[str] = None,
                image_size: Optional[int] = None):
+    # Lazy: TFDS takes seconds to import; image folders and arrays never need it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     try:

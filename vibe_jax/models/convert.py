@@ -8,7 +8,7 @@ BatchNorm running statistics become `batch_stats`. Keys the backbone does not us
 the backbone needs but the file lacks, or a shape that does not fit, is an error
 naming it.
 
-  python -m vibe_jax.models.convert --backbone=dinov2_vitg14 \
+  python -m vibe_jax.tools.convert --backbone=dinov2_vitg14 \
       --weights=dinov2_vitg14.safetensors --out=dinov2_vitg14.msgpack
 
 Where to get weights: DINOv2 from the facebookresearch/dinov2 release (its `.pth`
@@ -18,13 +18,13 @@ Nothing is downloaded by this package.
 """
 
 import re
-import sys
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
 __all__ = ["load_safetensors", "torch_to_flax", "save_variables", "load_variables"]
 
@@ -35,8 +35,6 @@ _DROP = re.compile(r"(^fc\.|^head\.|mask_token|num_batches_tracked|encoder_k|^mo
 
 def load_safetensors(path: str) -> dict[str, np.ndarray]:
   """A state dict from a `.safetensors` file, as NumPy arrays."""
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-
   return load_file(path)
 
 
@@ -117,32 +115,3 @@ def load_variables(path: str) -> Any:
   """Reads variables written by `save_variables`."""
   with open(path, "rb") as f:
     return flax.serialization.msgpack_restore(f.read())
-
-
-def main(argv):
-  """Command line: see the module docstring."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from vibe_jax.models.backbones import build_backbone  # pylint: disable=g-import-not-at-top
-
-  del argv
-  f = flags.FLAGS
-  model = build_backbone(f.backbone)
-  size = 224 if f.backbone.startswith(("dinov2", "vit", "resnet50")) else 32
-  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, size, size, 3))))
-  try:
-    variables = torch_to_flax(load_safetensors(f.weights), template)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"FATAL: {error}")
-  save_variables(variables, f.out)
-  print(f"wrote {f.out}")
-
-
-if __name__ == "__main__":
-  from absl import app, flags as _flags  # pylint: disable=g-import-not-at-top
-
-  _flags.DEFINE_string("backbone", None, "Backbone name (vibe_jax.models.backbones).")
-  _flags.DEFINE_string("weights", None, "PyTorch state dict in .safetensors.")
-  _flags.DEFINE_string("out", None, "Output .msgpack.")
-  _flags.mark_flags_as_required(["backbone", "weights", "out"])
-  app.run(main)

@@ -1,0 +1,81 @@
+"""Every config loads; every experiment of the grid runs one step (runlocal) and
+leaves what each of its stages must produce."""
+
+import importlib
+import json
+import math
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vibe_jax.config import grid
+from vibe_jax.experiment import train_and_evaluate
+
+GRID = [(d, a, v) for d, attacks in grid.ATTACKS.items() for a in attacks
+        for v in grid.VARIANTS]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 32), ("test", 16)):
+    for c in range(2):
+      (root / split / f"c{c}").mkdir(parents=True)
+      for i in range(n):
+        pixels = np.clip(rng.normal(90 + 80 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
+  return root
+
+
+@pytest.mark.parametrize("name", ["quickstart", "vibe_a_features", "vibe_f_features",
+                                  "cifar10_cpu"])
+def test_feature_configs_load(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.model.variant in ("A", "F") and config.defenses == "none,vibe"
+
+
+def test_grid_has_the_papers_cifar10_experiments():
+  assert len([g for g in GRID if g[0] == "cifar10"]) == 8 * 4
+  config = importlib.import_module("configs.cifar10").get_config("attack=wanet,variant=fm_a")
+  assert config.optim.frozen.eta and config.model.frozen_features
+  assert config.model.backbone == "dinov2_vitg14" and config.model.input_size == 224
+  config = importlib.import_module("configs.cifar10").get_config("attack=lc,variant=ss_f")
+  assert config.ssl.enabled and config.leiden.enabled and config.num_steps == 30_000
+  assert config.optim.lr.backbone == 1e-3 and config.estep.period == 1000
+  assert importlib.import_module("configs.cifar10").get_config(
+      "variant=ss_a,runlocal=0").data.train_subset == 0
+  with pytest.raises(ValueError, match="not in the cifar100 grid"):
+    importlib.import_module("configs.cifar100").get_config("attack=lc")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,attack,variant", GRID)
+def test_every_grid_experiment_runs_one_step(tmp_path, tiny_folder, dataset, attack, variant):
+  config = importlib.import_module(f"configs.{dataset}").get_config(
+      f"attack={attack},variant={variant},runlocal=1")
+  config.data.dataset = str(tiny_folder)  # instead of the TFDS dataset
+  config.num_steps = 1
+  results = train_and_evaluate(config, str(tmp_path))
+  rows = results["rows"]
+  assert [r["method"] for r in rows] == ["no defense", f"VIBE-{variant[-1].upper()}"]
+  assert all(math.isfinite(r[k]) and 0.0 <= r[k] <= 1.0 for r in rows
+             for k in ("clean_acc", "asr"))
+  assert results["config"] == json.loads((tmp_path / "config.json").read_text())
+  poisoning = json.loads((tmp_path / "poisoning.json").read_text())
+  assert poisoning["attack"] == attack
+  for stage in ("baseline", "vibe"):
+    assert (tmp_path / stage / "checkpoints" / "1").is_dir(), stage
+  labels = np.load(tmp_path / "pseudo_labels.npy")
+  assert len(labels) == results["stages"]["vibe"]["em"]["training_examples"]
+  if variant.startswith("ss"):
+    assert (tmp_path / "ssl" / "checkpoints" / "1").is_dir()
+    assert (tmp_path / "ssl" / "backbone.msgpack").stat().st_size > 0
+    kept = json.loads((tmp_path / "leiden.json").read_text())["kept_indices"]
+    assert len(labels) == len(kept)
+    assert not (tmp_path / "features.npz").exists()
+  else:
+    with np.load(tmp_path / "features.npz") as features:
+      assert features["train_features"].shape == (64, 128)  # small_cnn on 64 images
+    assert len(labels) == 64 and not (tmp_path / "ssl").exists()

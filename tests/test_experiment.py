@@ -1,0 +1,103 @@
+"""One experiment in process: defenses in order, result files, data parallelism, a
+failing rerun, inputs refused."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import (ROOT, class_colour_folder, clusters, feature_config, image_config,
+                           saved_state)
+from vibe_jax.errors import InputError
+from vibe_jax.experiment import train_and_evaluate
+from vibe_jax.models import class_means
+
+
+def test_train_and_evaluate_in_memory(tmp_path):
+  config = feature_config()
+  config.defenses = "none,vibe"
+  data = clusters()
+  results = train_and_evaluate(config, str(tmp_path), data=data)
+  baseline, vibe = results["rows"]
+  assert baseline["method"] == "no defense" and vibe["method"] == "VIBE-A"
+  for row in results["rows"]:
+    assert 0.0 <= row["clean_acc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0
+  assert 0.0 <= vibe["pseudo_true_agreement"] <= 1.0
+  assert "pseudo_poisoned_relabelled" in vibe
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  esteps = [l["step"] for l in lines if l["event"] == "estep"]
+  assert esteps == [0, 20, 40]
+  assert (tmp_path / "vibe" / "checkpoints" / "60").is_dir()
+  assert (tmp_path / "baseline" / "checkpoints" / "60").is_dir()
+  assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # VIBE-A freezes eta: it must still equal the class means of the given labels,
+  # while mu has moved away from them.
+  state = saved_state(tmp_path, "vibe", 60)
+  means = class_means(data.train_features, data.train_labels, 4)
+  np.testing.assert_allclose(state["params"]["head"]["eta"], means, atol=1e-6)
+  assert not np.allclose(state["params"]["head"]["mu"], means, atol=1e-3)
+
+
+_TWO_DEVICE_SCRIPT = """
+import sys
+from tests.helpers import clusters, feature_config
+from vibe_jax.experiment import train_and_evaluate
+import jax
+assert jax.device_count() == 2, jax.devices()
+train_and_evaluate(feature_config(), sys.argv[1], data=clusters())
+"""
+
+
+def test_a_failing_rerun_keeps_the_finished_checkpoints(tmp_path):
+  first = train_and_evaluate(feature_config(), str(tmp_path), data=clusters())
+  directory = tmp_path / "vibe" / "checkpoints"
+  before = sorted(p.name for p in directory.iterdir())
+  bad = clusters()._replace(test_features=np.zeros((5, 3), np.float32))
+  with pytest.raises(InputError, match="test_features"):
+    train_and_evaluate(feature_config(), str(tmp_path), data=bad)
+  assert sorted(p.name for p in directory.iterdir()) == before
+  # And a rerun of the finished run restores the last step and changes nothing.
+  again = train_and_evaluate(feature_config(), str(tmp_path), data=clusters())
+  assert sorted(p.name for p in directory.iterdir()) == before
+  for key in ("clean_acc", "asr", "pseudo_true_agreement"):
+    assert again["rows"][-1][key] == first["rows"][-1][key]
+
+
+@pytest.mark.slow
+def test_two_devices_data_parallel_matches_one_device(tmp_path):
+  one, two = tmp_path / "one", tmp_path / "two"
+  train_and_evaluate(feature_config(), str(one), data=clusters())
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(two)], check=True,
+                 cwd=ROOT, env=env)
+  a = saved_state(one, "vibe", 60)
+  # Saved on two devices: restoring here needs a target on this one device.
+  b = saved_state(two, "vibe", 60, a)
+  np.testing.assert_array_equal(a["extra"]["pseudo_labels"], b["extra"]["pseudo_labels"])
+  for name in ("mu", "eta", "rho"):
+    np.testing.assert_allclose(a["params"]["head"][name], b["params"]["head"][name],
+                               atol=1e-5)
+
+
+def test_images_without_a_backbone_are_refused(tmp_path):
+  root = class_colour_folder(tmp_path / "data", per_class=4)
+  config = image_config(root)
+  config.model.backbone = ""
+  with pytest.raises(Exception, match="backbone"):
+    train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_the_config_is_not_edited_and_results_record_it(tmp_path):
+  config = feature_config()
+  before = config.to_json()
+  results = train_and_evaluate(config, tmp_path, data=clusters())
+  assert config.to_json() == before
+  assert results["config"] == json.loads((tmp_path / "config.json").read_text())
+  assert results["config"]["defenses"] == "vibe"
+  em = results["stages"]["vibe"]["em"]
+  assert em["steps"] == 60 and em["training_examples"] == 240
+  assert results["stages"]["data"]["poisoned"] == int(clusters().train_poisoned.sum())

@@ -1,0 +1,45 @@
+"""The attack preview command."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import ROOT
+
+
+def random_folder(root, size=32, per_class=6, classes=("cat", "dog", "emu"), fmt="png"):
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for name in classes:
+      (root / split / name).mkdir(parents=True)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{i:03d}.{fmt}")
+  return root
+
+
+@pytest.mark.parametrize("attack", ["badnets", "wanet"])
+def test_preview_writes_a_grid(tmp_path, attack):
+  root = random_folder(tmp_path / "data")
+  out = tmp_path / "p.png"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = subprocess.run([sys.executable, "-m", "vibe_jax.tools.preview",
+                        f"--attack={attack}", f"--dataset={root}", f"--out={out}",
+                        "--num=2"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  grid = np.asarray(Image.open(out))
+  # Three rows (clean, poisoned, difference) of 2 tiles of 32 * 4 px plus gaps.
+  assert grid.shape == (3 * (128 + 4), 2 * (128 + 4), 3)
+  assert grid[132:264].tolist() != grid[:132].tolist()
+
+
+def test_preview_names_an_unknown_attack(tmp_path):
+  root = random_folder(tmp_path / "data")
+  run = subprocess.run([sys.executable, "-m", "vibe_jax.tools.preview", "--attack=nope",
+                        f"--dataset={root}", f"--out={tmp_path / 'p.png'}"], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert run.returncode != 0 and "unknown attack 'nope'" in run.stderr

@@ -1,0 +1,125 @@
+"""The defense interface and its registry.
+
+A defense is a frozen dataclass registered by name; `config.defenses = "none,vibe"`
+runs each in turn on the same poisoned data. It owns its config defaults
+(`add_defaults`, called by `vibe_jax.config.base_config`) and returns a
+`DefenseOutcome`: the classifier it trained, whose result row the experiment
+fills by running the evaluators, plus the figures and stage outputs only it knows.
+
+Add a defense: a sub-package `vibe_jax/defenses/<name>/` with a `Defense`
+subclass decorated with `@register("<name>")`, its defaults and its tests; import
+it in `vibe_jax/defenses/__init__.py`. Nothing else changes.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, ClassVar, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vibe_jax import mstep
+from vibe_jax.data.features import FeatureData
+from vibe_jax.registry import Registry
+from vibe_jax.models import VIBEModel
+from vibe_jax.train import Inputs, build_model, initial_features, initial_variables
+
+__all__ = ["DefenseContext", "DefenseOutcome", "Defense", "register", "build", "names",
+           "defense_classes", "build_classifier", "initial_classifier", "grouped_sgd"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseContext:
+  """What the experiment hands every defense (read-only).
+
+  Attributes:
+    config: the run's frozen config.
+    workdir: the run's directory (a defense's checkpoints go to named stages in it).
+    data: the poisoned training set and the test sets (features or uint8 images).
+    inputs: how the stored inputs become model inputs.
+    backbone: the backbone to train on images; None on feature vectors.
+    log: writes one metrics row (JSON lines).
+  """
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  data: FeatureData
+  inputs: Inputs
+  backbone: Optional[str]
+  log: Callable[[dict], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseOutcome:
+  """A trained classifier and what the defense reports about its own training.
+
+  Attributes:
+    method: the row's name ("no defense", "VIBE-F", ...).
+    model: a module with `embed` and class scores from `__call__`.
+    variables: its trained variables.
+    inputs: how it reads the test sets.
+    row: extra row figures (e.g. "ssl_wall_time_s", pseudo-label statistics);
+      keys ending in "_wall_time_s" are times of stages before training proper.
+    outputs: what results.json records under the defense's name (paths, counts,
+      times of each stage).
+  """
+
+  method: str
+  model: nn.Module
+  variables: dict[str, Any]
+  inputs: Inputs
+  row: dict[str, Any] = dataclasses.field(default_factory=dict)
+  outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Defense:
+  """Base class of the defenses."""
+
+  name: ClassVar[str] = ""
+
+  @staticmethod
+  def add_defaults(config: ml_collections.ConfigDict) -> None:
+    """Adds the config sections this defense owns (with their defaults)."""
+
+  def run(self, ctx: DefenseContext) -> DefenseOutcome:
+    """Trains (or resumes) the defended classifier."""
+    raise NotImplementedError
+
+
+_REGISTRY: Registry[Defense] = Registry("defense")
+register = _REGISTRY.register
+names = _REGISTRY.names
+build = _REGISTRY.build
+
+
+def build_classifier(ctx: DefenseContext) -> VIBEModel:
+  """The classifier of `ctx`: its backbone (or none on features) and the VIBE head
+  of `config.model`; every defense that trains the VIBE classifier starts here."""
+  dim = None if ctx.backbone else ctx.data.train_features.shape[1]
+  return build_model(ctx.config.model, ctx.data.num_classes, backbone=ctx.backbone, dim=dim)
+
+
+def initial_classifier(ctx: DefenseContext, model: VIBEModel, weights: Optional[str]
+                       ) -> tuple[dict[str, Any], np.ndarray]:
+  """(variables, training features under them) of `model` at step 0: the backbone
+  random or from the `.msgpack` `weights`; the features are what the head is
+  initialised from (and what outlier filtering clusters)."""
+  sample = ctx.inputs.eval(jnp.asarray(ctx.data.train_features[:1]))
+  variables = initial_variables(model, sample, ctx.config.seed, weights)
+  return variables, initial_features(model, variables, ctx.data.train_features, ctx.inputs)
+
+
+def grouped_sgd(optim: ml_collections.ConfigDict, learning_rates: Optional[dict] = None):
+  """The grouped SGD of `config.optim` (spec 5.2): a learning rate (or schedule) per
+  group (backbone, mu, eta, prior), default `optim.lr`; frozen groups never move."""
+  frozen = tuple(g for g in mstep.GROUPS if optim.frozen.get(g, False))
+  return mstep.make_optimizer(dict(learning_rates or optim.lr), momentum=optim.momentum,
+                              weight_decay=optim.weight_decay, frozen=frozen)
+
+
+def defense_classes() -> list[type[Defense]]:
+  """Every registered defense class, by name."""
+  return [_REGISTRY.get(n) for n in names()]

@@ -1,0 +1,91 @@
+"""The self-supervised pretraining stage: a backbone trained without labels on the
+poisoned training images, for VIBE-SS to fine-tune.
+
+Spec 8.2's two-view augmentations (`vibe_jax.data.ssl_augment`), the method named
+by `config.ssl.method` (see `base.py`), the one training loop (`vibe_jax.train`):
+checkpoints in `workdir/ssl/checkpoints`, resumed from there. A kNN monitor
+(k = 20, cosine similarity, weights exp(sim / 0.07)) on the clean test set is
+logged every `ssl.knn_every` steps. The backbone's variables go to
+`workdir/ssl/backbone.msgpack`.
+"""
+
+import dataclasses
+import logging
+import pathlib
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vibe_jax.data import device
+from vibe_jax.data.features import FeatureData
+from vibe_jax.data.sources import DatasetInfo
+from vibe_jax.errors import InputError
+from vibe_jax.models.backbones import build_backbone
+from vibe_jax.models.convert import save_variables
+from vibe_jax.stages.ssl import base
+from vibe_jax.train import (DeviceArrays, Hook, Inference, Inputs, LoopSettings, evaluators,
+                            fit, variables)
+
+__all__ = ["SSLResult", "pretrain"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLResult:
+  """The pretrained backbone's variables file and how the stage went."""
+
+  backbone_path: pathlib.Path
+  steps: int
+  seconds: float
+  knn_acc: float | None
+
+  def summary(self) -> dict:
+    """What results.json records of this stage."""
+    return {"backbone_path": str(self.backbone_path), "steps": self.steps,
+            "seconds": round(self.seconds, 2), "knn_acc": self.knn_acc}
+
+
+class KNNMonitor(Hook):
+  """Adds the kNN accuracy of the backbone's features to every `every`-th log row."""
+
+  def __init__(self, model, inputs: Inputs, data: FeatureData, every: int, last: int):
+    self._inference = Inference(model, inputs)  # compiled once for the whole stage
+    self._data, self._every, self._last = data, every, last
+    self.last_value = None
+
+  def on_log(self, step, state, row):
+    if not self._every or (step % self._every and step != self._last):
+      return
+    row.update(evaluators.build("knn")(self._inference, variables(state), self._data))
+    self.last_value = row["knn_acc"]
+    _log.info("[ssl] step %d: loss %.4f, kNN accuracy on the clean test set %.1f%%",
+              step, row["loss"], 100 * row["knn_acc"])
+
+
+def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: DatasetInfo,
+             workdir: pathlib.Path, log: Callable[[dict], None]) -> SSLResult:
+  """Runs (or resumes) `config.ssl` pretraining of `config.model.backbone` on the
+  poisoned training images of `data`."""
+  if info is None or not data.is_images:
+    raise InputError("config.ssl needs image data (config.data.source='images')")
+  began = time.time()
+  c = config.ssl
+  try:
+    parts = base.build(c.method).build(c, build_backbone(config.model.backbone), info)
+  except ValueError as error:
+    raise InputError(f"config.ssl: {error}") from error
+  state = parts.init(jax.random.PRNGKey(config.seed + 1),
+                     device.normalize(jnp.asarray(data.train_features[:2]), info))
+  settings = LoopSettings.from_config(config, num_steps=c.num_steps)
+  monitor = KNNMonitor(parts.model, Inputs(info), data, c.knn_every, c.num_steps)
+  source = DeviceArrays({"x": data.train_features}, c.batch_size, (config.seed, 0x551))
+  state = fit(name="ssl", state=state, step_fn=parts.step, source=source,
+              settings=settings, workdir=workdir, log=log,
+              key=jax.random.PRNGKey(config.seed + 2), hooks=[monitor])
+  path = workdir / "ssl" / "backbone.msgpack"
+  save_variables(jax.device_get(parts.backbone_variables(state)), str(path))
+  return SSLResult(path, c.num_steps, time.time() - began, monitor.last_value)

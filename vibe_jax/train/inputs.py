@@ -1,0 +1,48 @@
+"""How stored inputs become model inputs, in training and in evaluation."""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+
+from vibe_jax.data import device
+from vibe_jax.data.sources import DatasetInfo
+
+__all__ = ["Inputs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """Identity for feature vectors; for uint8 images, augmentation (training) or
+  normalisation (evaluation), then, with `resize`, a bilinear resize to
+  resize x resize (the reference feeds CIFAR to DINOv2 this way: normalised, then
+  resized to 224, spec 8.3).
+
+  Attributes:
+    info: the image dataset's description; None for feature vectors.
+    resize: > 0: the side images are resized to after normalisation.
+  """
+
+  info: Optional[DatasetInfo] = None
+  resize: int = 0
+
+  def _sized(self, x: jax.Array) -> jax.Array:
+    if not self.resize or x.shape[1] == self.resize:
+      return x
+    return jax.image.resize(x, (x.shape[0], self.resize, self.resize, x.shape[3]),
+                            "bilinear", antialias=False)
+
+  def train(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    """A training batch: augmented from `key` (images) or as is (features)."""
+    return x if self.info is None else self._sized(device.augment(key, x, self.info))
+
+  def eval(self, x: jax.Array) -> jax.Array:
+    """An evaluation batch: normalised, never augmented."""
+    return x if self.info is None else self._sized(device.normalize(x, self.info))
+
+  def augmenting(self, step_fn: Callable[[Any, dict], Any]) -> Callable[[Any, dict], Any]:
+    """`step_fn` with batch["x"] prepared by `train` from batch["key"] first."""
+    if self.info is None:
+      return step_fn
+    return lambda state, batch: step_fn(
+        state, {**batch, "x": self.train(batch["key"], batch["x"])})

@@ -1,0 +1,127 @@
+"""The one training loop: the baseline, VIBE, self-supervised pretraining and every
+future defense run through `fit`.
+
+`fit` resumes from the stage's newest readable checkpoint, places the state
+(replicated, donated to each step) and the batch source's arrays on the mesh, and
+runs steps `start .. num_steps - 1`. Step t draws its key as fold_in(key, t)
+inside jit (no host sync) and reads the batch the source gives for t, so a resumed
+run repeats an uninterrupted one exactly. Metrics stay on the device until a log
+step, where they are averaged into one JSON line; hooks run before steps (VIBE's
+E-step) and at log steps (the kNN monitor).
+"""
+
+import dataclasses
+import functools
+import logging
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import tqdm
+
+from vibe_jax import parallel
+from vibe_jax.checkpoint import Checkpointer
+from vibe_jax.train.batches import BatchSource
+
+__all__ = ["LoopSettings", "Hook", "fit"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """How long a stage runs and how often it logs and checkpoints."""
+
+  num_steps: int
+  log_every: int
+  checkpoint_every: int
+  max_to_keep: int = 3
+  progress_bar: bool = True
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, num_steps: int | None = None
+                  ) -> "LoopSettings":
+    """The run's shared settings (`log_every`, `checkpoint`, `progress_bar`) with
+    `num_steps` (default `config.num_steps`)."""
+    return cls(num_steps=config.num_steps if num_steps is None else num_steps,
+               log_every=config.log_every, checkpoint_every=config.checkpoint.every,
+               max_to_keep=config.checkpoint.max_to_keep,
+               progress_bar=config.progress_bar)
+
+
+class Hook:
+  """Something a stage does besides its steps; the default methods do nothing."""
+
+  def before_step(self, step: int, state: Any, arrays: dict[str, jax.Array]) -> Any:
+    """Runs before step `step` with the source's device arrays; returns the state."""
+    del step, arrays
+    return state
+
+  def on_log(self, step: int, state: Any, row: dict[str, Any]) -> None:
+    """Runs at a log step (`step` steps done) and may add figures to `row`."""
+    del step, state, row
+
+
+def _mean_metrics(window: list[dict]) -> dict[str, float]:
+  return jax.tree_util.tree_map(lambda *v: float(jnp.mean(jnp.stack(v))), *window)
+
+
+def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
+        source: BatchSource, settings: LoopSettings, workdir: pathlib.Path,
+        log: Callable[[dict], None], key: jax.Array, hooks: Sequence[Hook] = ()) -> Any:
+  """Runs stage `name` to `settings.num_steps` steps from its last checkpoint.
+
+  Args:
+    name: the stage; checkpoints go to `workdir/<name>/checkpoints`.
+    state: the stage's initial state (a `TrainState`), used when none is saved.
+    step_fn: the pure step `(state, batch) -> (state, metrics)`; batch has the
+      source's arrays at this step's rows, "index" and "key".
+    source: where batches come from.
+    settings: length, logging and checkpointing.
+    workdir: the run's directory.
+    log: called with each JSON-line row.
+    key: the stage's base key; step t uses fold_in(key, t).
+    hooks: called before steps and at log steps, in order.
+
+  Returns:
+    The state after `settings.num_steps` steps.
+  """
+  ckpt = Checkpointer(workdir / name / "checkpoints", max_to_keep=settings.max_to_keep)
+  state, restored = ckpt.restore_or(state)
+  start = int(state.step)
+  if restored is not None:
+    _log.info("[%s] resuming from the checkpoint at step %d", name, start)
+  mesh = parallel.data_mesh()
+  everywhere, rows = parallel.replicated(mesh), parallel.batch_rows(mesh)
+  parallel.check_batch_size(source.batch_size, mesh)
+  state = jax.device_put(state, everywhere)
+  arrays = source.place(mesh)
+
+  @functools.partial(jax.jit, donate_argnums=0, in_shardings=(everywhere, everywhere, rows),
+                     out_shardings=(everywhere, everywhere))
+  def step(state, arrays, step_input):
+    batch = {**source.gather(arrays, step_input), "key": jax.random.fold_in(key, state.step)}
+    return step_fn(state, batch)
+
+  window = []  # metrics of the steps since the last log line, averaged there
+  bar = tqdm.tqdm(range(start, settings.num_steps), desc=name, initial=start,
+                  total=settings.num_steps, mininterval=1.0, disable=not settings.progress_bar)
+  for t in bar:
+    for hook in hooks:
+      state = hook.before_step(t, state, arrays)
+    state, metrics = step(state, arrays, source.step_input(t))
+    window.append(metrics)  # device arrays: no host sync until the log line
+    done = t + 1
+    if done % settings.log_every == 0 or done == settings.num_steps:
+      row = {"stage": name, "step": done, "event": "train", **_mean_metrics(window)}
+      window = []
+      for hook in hooks:
+        hook.on_log(done, state, row)
+      bar.set_postfix(loss=f"{row['loss']:.4f}")
+      log(row)
+    if done % settings.checkpoint_every == 0 or done == settings.num_steps:
+      ckpt.save(done, state)
+  ckpt.close()
+  return state

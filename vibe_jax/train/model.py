@@ -1,0 +1,77 @@
+"""The classifier every defense trains: a backbone (or none, on features) and the
+VIBE head, its initial variables and its initial training state."""
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vibe_jax.errors import InputError
+from vibe_jax.models import VIBEHead, VIBEModel, init_head_params
+from vibe_jax.models.backbones import build_backbone, feature_dim
+from vibe_jax.models.convert import load_variables
+from vibe_jax.train.inference import Inference
+from vibe_jax.train.inputs import Inputs
+from vibe_jax.train.state import TrainState
+
+__all__ = ["build_model", "initial_variables", "initial_features", "classifier_state"]
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int, *,
+                backbone: Optional[str] = None, dim: Optional[int] = None) -> VIBEModel:
+  """VIBEModel: backbone `backbone` (None: inputs are features of size `dim`) and the
+  head of `model_config` (variant, kappa, nu, prior_temperature)."""
+  variant = model_config.variant
+  if variant not in ("A", "F"):
+    raise InputError(f"unknown config.model.variant {variant!r}; use 'A' or 'F'")
+  module = None
+  if backbone:
+    try:
+      module, dim = build_backbone(backbone), feature_dim(backbone)
+    except ValueError as error:
+      raise InputError(str(error)) from error
+  head = VIBEHead(num_classes=num_classes, dim=dim, kappa=model_config.kappa,
+                  nu=model_config.nu, prior_temperature=model_config.prior_temperature,
+                  conditioned=variant == "F")
+  return VIBEModel(head=head, backbone=module)
+
+
+def initial_variables(model: VIBEModel, sample: jax.Array, seed: int,
+                      weights: Optional[str] = None) -> dict[str, Any]:
+  """The model's variables initialised on `sample` (an evaluation-ready batch) from
+  `seed`, the backbone's replaced by the `.msgpack` file `weights` if given (head
+  parameters are placeholders: see `classifier_state`)."""
+  init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+  variables = jax.tree_util.tree_map(jnp.asarray, dict(model.init(init_rng, sample)))
+  if weights and model.backbone is not None:
+    loaded = load_variables(weights)
+    variables["params"] = {**variables["params"],
+                           "backbone": jax.tree_util.tree_map(jnp.asarray, loaded["params"])}
+    if "batch_stats" in loaded:
+      variables["batch_stats"] = {"backbone": jax.tree_util.tree_map(
+          jnp.asarray, loaded["batch_stats"])}
+  return variables
+
+
+def classifier_state(variables: dict[str, Any], features: np.ndarray, labels: np.ndarray,
+                     num_classes: int, tx: optax.GradientTransformation, seed: int,
+                     extra: Optional[dict] = None) -> TrainState:
+  """Step 0 on top of `variables`: mu = eta = the class means of `features` under
+  `labels` and rho ~ N(0, I) (spec 3.8)."""
+  rho_rng = jax.random.split(jax.random.PRNGKey(seed))[1]
+  params = {**variables["params"],
+            "head": init_head_params(features, labels, num_classes, rho_rng)}
+  return TrainState.create_for(params=params, tx=tx,
+                               batch_stats=variables.get("batch_stats", {}), extra=extra)
+
+
+def initial_features(model: VIBEModel, variables: dict[str, Any], inputs: np.ndarray,
+                     prep: Inputs) -> np.ndarray:
+  """The training features the head is initialised from: the backbone's
+  (evaluation mode) under `variables`, or `inputs` themselves without a backbone."""
+  if model.backbone is None:
+    return inputs
+  return Inference(model, prep).embed(variables, inputs)
