@@ -10,6 +10,9 @@ import jax  # noqa: E402
 
 # Many tests compile the same steps (the config grid above all): a persistent
 # compilation cache for the session makes the repeats cheap.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="vibe_jax_xla_"))
+# Set once in the controller and inherited by the pytest-xdist workers, so that
+# they share it.
+os.environ.setdefault("VIBE_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="vibe_jax_xla_"))
+jax.config.update("jax_compilation_cache_dir", os.environ["VIBE_JAX_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

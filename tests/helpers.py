@@ -29,6 +29,19 @@ def class_colour_folder(root: pathlib.Path, per_class: int = 16, classes: int = 
   return root
 
 
+def random_folder(root: pathlib.Path, size: int = 32, per_class: int = 6,
+                  classes=("cat", "dog", "emu"), fmt: str = "png") -> pathlib.Path:
+  """An image folder (train/test) of random-pixel images."""
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for name in classes:
+      (root / split / name).mkdir(parents=True)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{i:03d}.{fmt}")
+  return root
+
+
 def image_config(root: pathlib.Path, steps: int = 20):
   """VIBE-SS-F with the small CNN on the folder `root` (25% BadNets), VIBE only."""
   c = base_config()

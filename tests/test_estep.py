@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 from vibe_jax import estep
 
@@ -89,3 +90,98 @@ def test_dataset_log_joint_equals_one_pass(n, chunk):
 def test_dataset_log_joint_rejects_mismatched_labels():
   with pytest.raises(ValueError, match="labels"):
     estep.dataset_log_joint(lambda a, b: a, jnp.zeros((4, 2)), jnp.zeros((3,), jnp.int32))
+
+
+def _with(array, index, value):
+  out = np.array(array)
+  out[index] = value
+  return jnp.asarray(out)
+
+
+_LOG_P, _PRIOR = _problem(n=20, k=4, seed=3)
+
+
+@pytest.mark.parametrize("log_p,prior,kwargs,message", [
+    (_LOG_P, _PRIOR * 0.83, {}, r"prior sums to 0\.83\d*, not 1"),
+    (_LOG_P, _PRIOR * 1.2, {}, r"prior sums to 1\.2\d*, not 1"),
+    (_LOG_P, jnp.asarray([0.5, 0.3, 0.3, -0.1]), {}, "prior has 1 negative entries"),
+    (_LOG_P, jnp.asarray([0.5, 0.3, np.nan, 0.2]), {}, "prior has 1 NaN or Inf"),
+    (_LOG_P, jnp.asarray([0.5, 0.3, np.inf, 0.2]), {}, "prior has 1 NaN or Inf"),
+    (_with(_with(_LOG_P, (3, 1), np.nan), (5, 0), np.nan), _PRIOR, {},
+     "log_p has 2 NaN entries"),
+    (_with(_LOG_P, (3, 1), np.inf), _PRIOR, {}, r"log_p has 1 \+Inf entries"),
+    (_with(_LOG_P, 7, -np.inf), _PRIOR, {},
+     r"log_p has 1 rows with no finite entry \(first: row 7\)"),
+    (jnp.zeros((0, 4)), _PRIOR, {}, r"log_p has no rows \(N = 0\)"),
+    (jnp.zeros((5, 0)), jnp.zeros((0,)), {}, r"log_p has no columns \(K = 0\)"),
+    (jnp.zeros((5, 4), jnp.int32), _PRIOR, {}, "log_p must have a floating dtype"),
+    (_LOG_P, _PRIOR, {"epsilon": -0.1}, r"epsilon must be > 0, got -0\.1"),
+    (_LOG_P, _PRIOR, {"epsilon": 0.0}, "epsilon must be > 0, got 0"),
+    (_LOG_P, _PRIOR, {"epsilon": float("inf")}, "epsilon must be finite, got inf"),
+    (_LOG_P, _PRIOR, {"epsilon": float("nan")}, "epsilon must be finite, got nan"),
+    (_LOG_P, _PRIOR, {"threshold": 0.0}, "threshold must be > 0, got 0"),
+    (_LOG_P, _PRIOR, {"threshold": -1e-3}, "threshold must be > 0"),
+    (_LOG_P, _PRIOR, {"max_iterations": 0}, "max_iterations must be >= 1, got 0"),
+    (_LOG_P, _PRIOR, {"max_iterations": 10.5}, "max_iterations must be an integer"),
+    (_LOG_P, _PRIOR, {"inner_iterations": 0}, "inner_iterations must be >= 1, got 0"),
+], ids=["prior-sum-low", "prior-sum-high", "prior-negative", "prior-nan", "prior-inf",
+        "log-p-nan", "log-p-pos-inf", "log-p-dead-row", "no-rows", "no-columns",
+        "log-p-int", "epsilon-negative", "epsilon-zero", "epsilon-inf", "epsilon-nan",
+        "threshold-zero", "threshold-negative", "max-iterations-zero",
+        "max-iterations-float", "inner-iterations-zero"])
+def test_bad_inputs_are_named(log_p, prior, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    estep.pseudo_labels(log_p, prior, **kwargs)
+
+
+def test_valid_edge_values_are_accepted():
+  # -Inf entries (impossible classes) and zero prior mass are legitimate, and the
+  # prior only has to sum to 1 within float32 rounding.
+  log_p = _with(_LOG_P, (3, slice(1, 4)), -np.inf)
+  prior = jnp.asarray([0.5, 0.3, 0.2, 0.0]) * (1 + 5e-5)
+  out = estep.pseudo_labels(log_p, prior)
+  assert bool(out.converged)
+  assert int(out.labels[3]) == 0  # its only possible class
+  assert not np.any(np.asarray(out.labels) == 3)  # no mass for class 3
+
+
+def test_static_checks_still_raise_under_jit():
+  with pytest.raises(ValueError, match="epsilon must be > 0"):
+    jax.jit(lambda lp, p: estep.pseudo_labels(lp, p, epsilon=-0.1))(_LOG_P, _PRIOR)
+  with pytest.raises(ValueError, match="no rows"):
+    jax.jit(estep.pseudo_labels)(jnp.zeros((0, 4)), _PRIOR)
+
+
+def test_valid_inputs_work_under_jit_and_match_eager():
+  run = jax.jit(estep.pseudo_labels, static_argnames=("epsilon", "threshold"))
+  jitted = run(_LOG_P, _PRIOR, epsilon=EPSILON, threshold=1e-5)
+  eager = estep.pseudo_labels(_LOG_P, _PRIOR, epsilon=EPSILON, threshold=1e-5)
+  assert bool(jitted.converged)
+  np.testing.assert_array_equal(jitted.labels, eager.labels)
+  np.testing.assert_allclose(jitted.g, eager.g, atol=1e-5)
+
+
+def test_bad_values_under_jit_do_not_raise_and_are_not_converged():
+  # The documented behaviour: under jit a NaN cannot raise, it only shows up as
+  # a non-converged result with a NaN error.
+  out = jax.jit(estep.pseudo_labels)(_with(_LOG_P, (3, 1), np.nan), _PRIOR)
+  assert not bool(out.converged)
+  assert np.isnan(float(out.error))
+
+
+_STATIC = ("epsilon", "threshold", "max_iterations", "inner_iterations",
+           "reference_iterations")
+
+
+def test_checkify_catches_bad_values_under_jit():
+  run = checkify.checkify(jax.jit(estep.checked_pseudo_labels, static_argnames=_STATIC))
+  err, out = run(_LOG_P, _PRIOR, threshold=1e-5)
+  err.throw()  # valid input: no error
+  want = estep.pseudo_labels(_LOG_P, _PRIOR, threshold=1e-5)
+  np.testing.assert_array_equal(out.labels, want.labels)
+  err, _ = run(_with(_LOG_P, (3, 1), np.nan), _PRIOR, threshold=1e-5)
+  with pytest.raises(ValueError, match="log_p has 1 NaN entries"):
+    err.throw()
+  err, _ = run(_LOG_P, _PRIOR * 0.83, threshold=1e-5)
+  with pytest.raises(ValueError, match=r"prior sums to 0\.83"):
+    err.throw()

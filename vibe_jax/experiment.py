@@ -6,8 +6,11 @@ data `config.data` names, extracts frozen-backbone features once when
 `config.model.frozen_features` (the FM variants), then runs every defense of
 `config.defenses` in order on the same data and fills one result row per defense
 with the figures of `config.evaluators`. Each defense resumes from its own
-checkpoints in the workdir. Files written to the workdir:
+checkpoints in the workdir. Nothing is written before every check has passed;
+the workdir is locked while a run uses it (`vibe_jax.rundir`). Files written to the
+workdir (the ones replaced whole are written atomically):
 
+  run.json         the run's fingerprint: a later run must match it;
   config.json      the config that ran (results.json["config"] is the same);
   metrics.jsonl    one JSON line per logged step, E-step and stage event;
   results.json     rows, each stage's outputs, provenance, seed, config;
@@ -17,15 +20,18 @@ checkpoints in the workdir. Files written to the workdir:
 
 import json
 import logging
+import os
 import pathlib
 import time
 from typing import Any, Optional
 
+import jax
 import ml_collections
 
-from vibe_jax import defenses, report
+from vibe_jax import defenses, files, report, rundir
+from vibe_jax.config import validate
 from vibe_jax.data.features import FeatureData
-from vibe_jax.data.load import load_data
+from vibe_jax.data.load import Loaded, load_data
 from vibe_jax.errors import InputError
 from vibe_jax.provenance import provenance
 from vibe_jax.stages import extract_features
@@ -45,22 +51,38 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
   return names
 
 
-def _prepare_workdir(config: ml_collections.FrozenConfigDict, workdir: pathlib.Path) -> None:
-  """Everything that claims the workdir for this run happens here, before any work
-  (the place for a run fingerprint, a lock and atomic result files)."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+def _open_workdir(workdir: pathlib.Path) -> None:
+  if workdir.exists() and not workdir.is_dir():
+    raise InputError(f"--workdir {str(workdir)!r} is a file, not a directory")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise InputError(f"cannot create --workdir {str(workdir)!r}: {error.strerror}") from error
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir {str(workdir)!r} is not writable")
 
 
-def _data(config, workdir: pathlib.Path, data: Optional[FeatureData]):
-  """(data, inputs, backbone, stage outputs): what every defense trains on."""
-  outputs = {}
-  if data is None:
-    data, info = load_data(config, workdir)
-  else:
-    data, info = data.validate(), None
-  if (workdir / "poisoning.json").exists() and info is not None:
-    outputs["poisoning"] = str(workdir / "poisoning.json")
+def _data(config, given: Optional[FeatureData]) -> Loaded:
+  """The data every defense trains on, validated; nothing is written."""
+  if given is None:
+    return load_data(config)
+  if config.data.num_classes:
+    given = given._replace(declared_classes=config.data.num_classes)
+  return Loaded(given.validate(), None, None)
+
+
+def _check_against_data(config, data: FeatureData) -> None:
+  """The rules that relate config values to the data and the devices."""
+  n, devices = len(data.train_labels), jax.device_count()
+  sizes = [("batch_size", config.batch_size)]
+  if "vibe" in config.defenses and config.ssl.enabled:
+    sizes.append(("ssl.batch_size", config.ssl.batch_size))
+  for key, size in sizes:
+    if size > n:
+      raise InputError(f"config.{key} is {size}, but the training set has only {n} "
+                       "examples")
+    if size % devices:
+      raise InputError(f"config.{key} {size} is not divisible by the {devices} devices")
   backbone = config.model.backbone or None
   if data.is_images and backbone is None:
     raise InputError("images need config.model.backbone (a name from "
@@ -68,59 +90,105 @@ def _data(config, workdir: pathlib.Path, data: Optional[FeatureData]):
   if not data.is_images and backbone is not None:
     raise InputError("feature vectors must not have a config.model.backbone; set "
                      "config.model.backbone='' or use image data")
-  inputs = Inputs(info, config.model.input_size if data.is_images else 0)
-  if data.is_images and config.model.frozen_features:
-    # FM style: a frozen backbone's features, extracted once and cached; the
-    # defenses then train on them with no backbone.
-    features = extract_features(config, data, inputs, workdir)
-    data, inputs, backbone = features.data, Inputs(), None
-    outputs["features"] = features.summary()
-  outputs["data"] = {"train": len(data.train_labels), "test": len(data.test_labels),
-                     "asr": 0 if data.asr_labels is None else len(data.asr_labels),
-                     "classes": data.num_classes,
-                     "poisoned": None if data.train_poisoned is None
-                     else int(data.train_poisoned.sum())}
-  return data, inputs, backbone, outputs
+
+
+def _stage_outputs(workdir: pathlib.Path, loaded: Loaded) -> dict:
+  data = loaded.data
+  out = {"data": {"train": len(data.train_labels), "test": len(data.test_labels),
+                  "asr": 0 if data.asr_labels is None else len(data.asr_labels),
+                  "classes": data.num_classes,
+                  "poisoned": None if data.train_poisoned is None
+                  else int(data.train_poisoned.sum())}}
+  if loaded.poisoning is not None:
+    out["poisoning"] = str(workdir / "poisoning.json")
+  return out
+
+
+def _identity(data: FeatureData) -> dict:
+  return rundir.data_identity({k: v for k, v in data._asdict().items()
+                               if k != "declared_classes"})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       data: Optional[FeatureData] = None) -> dict[str, Any]:
+                       data: Optional[FeatureData] = None, *, fresh: bool = False
+                       ) -> dict[str, Any]:
   """Runs every defense of `config.defenses`; writes and returns the results.
+
+  Everything that can be checked is checked before anything is written: the
+  config's rules (`vibe_jax.config.validate`), the workdir (a run of another config
+  or data is refused unless `fresh`), the data, and the config against the data.
 
   Args:
     config: a config from configs/ (frozen here; nothing edits it).
-    workdir: where checkpoints, metrics and results go.
+    workdir: where checkpoints, metrics and results go; locked while running.
     data: in-memory features; by default `config.data` names the data.
+    fresh: move an earlier run's files in `workdir` aside (to previous-<time>/)
+      instead of refusing a workdir that holds another run.
 
   Returns:
     The contents of results.json.
+
+  Raises:
+    InputError: bad input, with one line saying what is wrong.
   """
   config = ml_collections.FrozenConfigDict(config)
-  workdir = pathlib.Path(workdir)
+  validate(config)
   names = _names(config.defenses, defenses.names(), "defenses")
   _names(config.evaluators, evaluators.names(), "evaluators")
-  origin = provenance()  # at the start: the code that runs, not the code at the end
-  _prepare_workdir(config, workdir)
+  workdir = pathlib.Path(workdir)
+  config_json = json.loads(config.to_json_best_effort())
+  fingerprint = rundir.config_fingerprint(config_json)
+  _open_workdir(workdir)
+  with rundir.WorkdirLock(workdir):
+    if not fresh:
+      rundir.check_run(workdir, fingerprint)
+    loaded = _data(config, data)
+    _check_against_data(config, loaded.data)
+    identity = _identity(loaded.data)
+    if fresh:
+      rundir.move_aside(workdir)
+    else:
+      rundir.check_run(workdir, fingerprint, identity)
+    # Past validation: from here on this run owns the workdir's files.
+    origin = provenance()  # at the start: the code that runs, not the code at the end
+    rundir.record_run(workdir, fingerprint, identity, origin["commit"])
+    files.write_json(workdir / "config.json", config_json)
+    if loaded.poisoning is not None:
+      files.write_json(workdir / "poisoning.json", loaded.poisoning, None)
+    return _run(config, workdir, names, loaded, origin, config_json)
+
+
+def _run(config, workdir: pathlib.Path, names: list[str], loaded: Loaded, origin: dict,
+         config_json: dict) -> dict[str, Any]:
+  """Feature extraction (FM), the defenses, their rows and the result files."""
+  data, stages = loaded.data, _stage_outputs(workdir, loaded)
+  inputs = Inputs(loaded.info, config.model.input_size if data.is_images else 0)
+  backbone = config.model.backbone or None
   log = report.JsonLines(workdir / "metrics.jsonl")
   try:
-    data, inputs, backbone, stages = _data(config, workdir, data)
+    if data.is_images and config.model.frozen_features:
+      # FM style: a frozen backbone's features, extracted once and cached; the
+      # defenses then train on them with no backbone.
+      features = extract_features(config, data, inputs, workdir)
+      data, inputs, backbone = features.data, Inputs(), None
+      stages["features"] = features.summary()
     ctx = defenses.DefenseContext(config=config, workdir=workdir, data=data, inputs=inputs,
                                   backbone=backbone, log=log)
     rows = []
     for name in names:
-      began = time.time()
       outcome = defenses.build(name).run(ctx)
+      began = time.time()
       figures = evaluators.evaluate(config.evaluators, Inference(outcome.model, outcome.inputs),
                                     outcome.variables, data)
-      earlier = sum(v for k, v in outcome.row.items() if k.endswith("_wall_time_s"))
-      rows.append({"method": outcome.method, **figures,
-                   "wall_time_s": round(time.time() - began - earlier, 2), **outcome.row})
+      wall = outcome.seconds + time.time() - began
+      rows.append({"method": outcome.method, **figures, "wall_time_s": round(wall, 2),
+                   **outcome.row})
       stages[name] = outcome.outputs
   finally:
     log.close()
   results = {"clean_acc": rows[-1].get("clean_acc"), "asr": rows[-1].get("asr"),
              "seed": config.seed, "rows": rows, "stages": stages, "provenance": origin,
-             "config": json.loads(config.to_json_best_effort())}
+             "config": config_json}
   report.write_results(workdir, results)
   report.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
   return results

@@ -4,20 +4,48 @@ import json
 import pathlib
 from typing import Any
 
-__all__ = ["JsonLines", "markdown_table", "plot_curves", "write_results"]
+from vibe_jax import files
+
+__all__ = ["JsonLines", "read_rows", "markdown_table", "plot_curves", "write_results"]
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The rows of a JSON-lines file; a line cut short by a killed run is skipped."""
+  rows = []
+  for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue
+  return rows
 
 
 class JsonLines:
   """Appends one JSON object per call to a file (and keeps the file open)."""
 
   def __init__(self, path: pathlib.Path):
+    self.path = path
     self._file = open(path, "a", encoding="utf-8")
 
   def __call__(self, row: dict[str, Any]) -> None:
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
 
+  def truncate(self, stage: str, step: int) -> None:
+    """Drops the rows a resumed stage will write again: its "train" rows after
+    `step` and its other events (E-steps, filtering) at or after `step`; the file
+    is rewritten atomically."""
+    rows = read_rows(self.path)
+    keep = [r for r in rows if r.get("stage") != stage or
+            (r.get("step", 0) <= step if r.get("event") == "train" else r.get("step", 0) < step)]
+    if len(keep) == len(rows):
+      return
+    self._file.close()
+    files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+    self._file = open(self.path, "a", encoding="utf-8")
+
   def close(self) -> None:
+    """Closes the file."""
     self._file.close()
 
 
@@ -46,11 +74,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_results(workdir: pathlib.Path, results: dict[str, Any]) -> None:
   """Writes results.json and results.md (table plus provenance) to `workdir`."""
-  (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  files.write_json(workdir / "results.json", results)
   prov = results["provenance"]
   text = (markdown_table(results["rows"]) +
           f"\nseed {results['seed']}, commit {prov['commit']}, device {prov['device']}\n")
-  (workdir / "results.md").write_text(text)
+  files.write_text(workdir / "results.md", text)
 
 
 def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
@@ -65,7 +93,7 @@ def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+  rows = read_rows(metrics_path)
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
   for stage in dict.fromkeys(r["stage"] for r in rows):
     train = [r for r in rows if r["stage"] == stage and r["event"] == "train"]
@@ -83,5 +111,5 @@ def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
             ylim=(0, 101))
   right.legend()
   fig.tight_layout()
-  fig.savefig(out_path, dpi=120)
+  files.save_with(out_path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
   plt.close(fig)

@@ -1,32 +1,18 @@
 """Image sources: folders, TFDS without TensorFlow, missing data named."""
 
-import pathlib
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import random_folder
 from vibe_jax.data import sources
 from vibe_jax.errors import InputError, MissingFileError
 
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _folder(root, size=32, per_class=6, classes=("cat", "dog", "emu"), fmt="png"):
-  rng = np.random.default_rng(0)
-  for split in ("train", "test"):
-    for name in classes:
-      (root / split / name).mkdir(parents=True)
-      for i in range(per_class):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / split / name / f"{i:03d}.{fmt}")
-  return root
-
-
 def test_image_folder_source_reads_sorted_classes(tmp_path):
-  root = _folder(tmp_path / "data")
+  root = random_folder(tmp_path / "data")
   source = sources.open_source(str(root), "train")
   assert len(source) == 18 and source.num_classes == 3 and source.image_size == 32
   np.testing.assert_array_equal(source.labels, np.repeat([0, 1, 2], 6))
@@ -39,7 +25,7 @@ def test_image_folder_source_reads_sorted_classes(tmp_path):
 
 
 def test_large_image_folder_is_resized_to_224(tmp_path):
-  root = _folder(tmp_path / "big", size=300, per_class=1, fmt="jpg")
+  root = random_folder(tmp_path / "big", size=300, per_class=1, fmt="jpg")
   info = sources.dataset_info(str(root))
   assert not info.small and info.image_size == 224
   image, _ = sources.open_source(str(root), "test")[0]
@@ -49,7 +35,7 @@ def test_large_image_folder_is_resized_to_224(tmp_path):
 def test_missing_data_names_the_problem(tmp_path):
   with pytest.raises(InputError, match="unknown dataset"):
     sources.dataset_info(str(tmp_path / "nothing"))
-  _folder(tmp_path / "d")
+  random_folder(tmp_path / "d")
   with pytest.raises(MissingFileError, match="does not exist"):
     sources.ImageFolderSource(tmp_path / "d", "validation")
   with pytest.raises(MissingFileError, match="tfds build cifar10 .*array_record"):

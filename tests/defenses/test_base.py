@@ -3,6 +3,7 @@ unknown names are refused before any work."""
 
 import dataclasses
 import json
+import re
 
 import optax
 import pytest
@@ -55,7 +56,7 @@ def test_a_registered_defense_runs_by_name_and_gets_its_row(tmp_path):
 def test_unknown_names_are_refused_before_any_work(tmp_path, key, value, message):
   config = feature_config()
   setattr(config, key, value)
-  with pytest.raises(InputError, match=message):
+  with pytest.raises(InputError, match=re.escape(message)):
     train_and_evaluate(config, tmp_path / "run", data=clusters())
   assert not (tmp_path / "run").exists()
 

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tests.helpers import ROOT
-from tests.tools.test_preview import random_folder
+from tests.helpers import ROOT, random_folder
 from vibe_jax import attacks
 from vibe_jax.data import sources
 from vibe_jax.data.poisoned import poison_train_set

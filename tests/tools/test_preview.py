@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT
-
-
-def random_folder(root, size=32, per_class=6, classes=("cat", "dog", "emu"), fmt="png"):
-  rng = np.random.default_rng(0)
-  for split in ("train", "test"):
-    for name in classes:
-      (root / split / name).mkdir(parents=True)
-      for i in range(per_class):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / split / name / f"{i:03d}.{fmt}")
-  return root
+from tests.helpers import ROOT, random_folder
 
 
 @pytest.mark.parametrize("attack", ["badnets", "wanet"])

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vibe_jax.data.sources import DATASETS
 from vibe_jax.models import VIBEHead, VIBEModel
 from vibe_jax.models.backbones import build_backbone
 from vibe_jax.train import Inference, Inputs
-from vibe_jax.data.sources import DATASETS
 
 
 def _model():
@@ -27,9 +27,10 @@ def test_embed_and_accuracy_compile_once_for_any_length():
   inference.embed(variables, images[:20])
   direct = model.apply(variables, inputs.eval(jnp.asarray(images)), method="embed")
   np.testing.assert_allclose(features, direct, rtol=1e-5, atol=1e-5)
-  predicted = np.argmax(model.apply(variables, inputs.eval(jnp.asarray(images))), axis=1)
+  predicted = np.argmax(np.asarray(model.apply(variables, inputs.eval(jnp.asarray(images)))),
+                        axis=1)
   for n in (50, 33, 16):
-    want = np.mean(predicted[:n] == labels[:n])
+    want = float(np.mean(predicted[:n] == labels[:n]))
     assert abs(inference.accuracy(variables, images[:n], labels[:n]) - want) < 1e-9
   # One program each, whatever the lengths (the padding keeps one batch shape).
   assert inference._embed._cache_size() == 1  # pylint: disable=protected-access

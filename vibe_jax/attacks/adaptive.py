@@ -64,6 +64,7 @@ class AdaptiveBlend(Attack):
   trigger_path: Optional[str] = None
 
   def __post_init__(self):
+    super().__post_init__()
     side = math.isqrt(self.pieces)
     if side * side != self.pieces or self.image_size % side:
       raise ValueError(f"adap_blend pieces={self.pieces} must be a square whose side "

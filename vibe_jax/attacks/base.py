@@ -12,6 +12,8 @@ happens before augmentation and normalisation, as in the reference (spec 10.2).
 """
 
 import dataclasses
+import math
+import typing
 from typing import ClassVar, Optional
 
 import numpy as np
@@ -45,6 +47,27 @@ class Attack:
 
   name: ClassVar[str] = ""
   clean_label: ClassVar[bool] = False
+
+  def __post_init__(self):
+    """Checks every parameter's type (from its annotation) and the ranges of the
+    common ones, so a bad value stops with its name instead of failing later."""
+    hints = typing.get_type_hints(type(self))
+    for f in dataclasses.fields(self):
+      _check_type(self.name, f.name, getattr(self, f.name), hints[f.name])
+    shares = ("rate", "cover_rate", "alpha", "test_alpha", "mask_rate")
+    for key in shares:
+      value = getattr(self, key, None)
+      if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"attack {self.name!r}: {key} must be in [0, 1], got {value}")
+    if self.num_classes < 2:
+      raise ValueError(f"attack {self.name!r}: num_classes must be >= 2, got "
+                       f"{self.num_classes}")
+    if not -1 <= self.target < self.num_classes:
+      raise ValueError(f"attack {self.name!r}: target must be a class in [0, "
+                       f"{self.num_classes}) or -1 (all-to-all), got {self.target}")
+    if self.image_size < 1:
+      raise ValueError(f"attack {self.name!r}: image_size must be >= 1, got "
+                       f"{self.image_size}")
 
   def apply(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Returns the triggered copies of uint8 `images` (B, H, W, 3), as in training.
@@ -96,6 +119,30 @@ class Attack:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
       raise ValueError(f"attack {self.name!r} expects uint8 images of shape "
                        f"(B, {s}, {s}, 3), got {images.dtype} {images.shape}")
+
+
+def _check_type(attack: str, key: str, value, hint) -> None:
+  """Raises ValueError unless `value` fits the simple annotation `hint`."""
+  options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+  if value is None and type(None) in options:
+    return
+  ok = False
+  for option in options:
+    base = typing.get_origin(option) or option
+    if base is bool:
+      ok = ok or isinstance(value, bool)
+    elif base is int:
+      ok = ok or (isinstance(value, int) and not isinstance(value, bool))
+    elif base is float:
+      ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+    elif base in (str, tuple):
+      ok = ok or isinstance(value, base)
+    else:
+      ok = True  # a type this check does not know: the attack checks it
+  if not ok:
+    want = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ValueError(f"attack {attack!r}: {key} must be {want}, got {value!r}")
 
 
 _REGISTRY: Registry[Attack] = Registry("attack")

@@ -10,8 +10,11 @@ and change what their experiment needs.
 import ml_collections
 
 from vibe_jax import defenses
+from vibe_jax import checks as ck
+from vibe_jax.errors import InputError
+from vibe_jax.models.backbones import BACKBONES
 
-__all__ = ["base_config"]
+__all__ = ["base_config", "check_base", "validate"]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.target = 0  # digits only
   c.data.patch = 2  # digits only: trigger side in pixels
   c.data.l2_normalize = False  # spec quirk 3: True = the reference's cached features
+  c.data.num_classes = 0  # K; 0 = the dataset's declared classes (features: max label + 1)
+  c.data.skip_bad_images = False  # True: skip images that fail to decode (else fatal)
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "F"  # "A": p(y|l); "F": p(y|l,x)
@@ -66,3 +71,47 @@ def base_config() -> ml_collections.ConfigDict:
   for defense in defenses.defense_classes():
     defense.add_defaults(c)
   return c
+
+
+def check_base(c: ml_collections.ConfigDict) -> list[str]:
+  """The rules of the keys `base_config` sets (see `vibe_jax.checks`)."""
+  p = []
+  p += ck.integer(c, "seed", 0)
+  p += ck.text(c, "defenses") + ck.text(c, "evaluators")
+  p += ck.choice(c, "data.source", ("npz", "digits", "images"))
+  for key in ("data.path", "data.dataset", "data.data_dir", "data.attack",
+              "data.attack_params", "model.backbone", "model.backbone_weights"):
+    p += ck.text(c, key)
+  p += ck.integer(c, "data.train_subset", 0) + ck.integer(c, "data.test_subset", 0)
+  p += ck.number(c, "data.poison_rate", 0.0, 1.0) + ck.integer(c, "data.target", 0)
+  p += ck.integer(c, "data.patch", 1, 8)
+  p += ck.boolean(c, "data.l2_normalize") + ck.boolean(c, "data.skip_bad_images")
+  p += ck.integer(c, "data.num_classes", 0)
+  if c.data.source == "digits" and not p:
+    p += ck.integer(c, "data.target", 0, 9)
+  p += ck.choice(c, "model.variant", ("A", "F"))
+  for key in ("model.kappa", "model.nu", "model.prior_temperature"):
+    p += ck.number(c, key, 0.0, low_open=True)
+  p += ck.choice(c, "model.backbone", ["", *sorted(BACKBONES)])
+  p += ck.boolean(c, "model.frozen_features") + ck.integer(c, "model.input_size", 0)
+  for group in ("backbone", "mu", "eta", "prior"):
+    p += ck.number(c, f"optim.lr.{group}", 0.0) + ck.boolean(c, f"optim.frozen.{group}")
+  p += ck.number(c, "optim.momentum", 0.0, 1.0) + ck.number(c, "optim.weight_decay", 0.0)
+  p += ck.integer(c, "num_steps", 1) + ck.integer(c, "batch_size", 1)
+  p += ck.integer(c, "log_every", 1) + ck.boolean(c, "progress_bar")
+  p += ck.integer(c, "checkpoint.every", 1) + ck.integer(c, "checkpoint.max_to_keep", 1)
+  return p
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Runs every rule (the base's and each registered defense's) before any work.
+
+  Raises:
+    InputError: one line listing every problem found.
+  """
+  problems = check_base(c)
+  for defense in defenses.defense_classes():
+    problems += defense.check(c)
+  if problems:
+    more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+    raise InputError(problems[0] + more)

@@ -13,6 +13,7 @@ On disk it is an `.npz` with these keys (the optional ones may be absent):
 
 import os
 import pathlib
+import zipfile
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -45,11 +46,15 @@ class FeatureData(NamedTuple):
   train_poisoned: Optional[np.ndarray] = None
   asr_features: Optional[np.ndarray] = None
   asr_labels: Optional[np.ndarray] = None
+  declared_classes: Optional[int] = None  # K the dataset (or config) declares
 
   @property
   def num_classes(self) -> int:
-    """K: one more than the largest given or test label (as the reference)."""
-    return int(max(self.train_labels.max(), self.test_labels.max())) + 1
+    """K: the declared number of classes, else one more than the largest training
+    label (every other label must then be below it: see `validate`)."""
+    if self.declared_classes:
+      return int(self.declared_classes)
+    return int(self.train_labels.max()) + 1
 
   def validate(self) -> "FeatureData":
     """Checks shapes and dtypes; returns self with canonical dtypes.
@@ -57,7 +62,15 @@ class FeatureData(NamedTuple):
     Raises:
       InputError: naming the offending array.
     """
-    arrays = {k: v for k, v in self._asdict().items() if v is not None}
+    arrays = {k: v for k, v in self._asdict().items()
+              if v is not None and k != "declared_classes"}
+    for name in ("train_features", "test_features"):
+      if len(arrays[name]) == 0:
+        raise InputError(f"{name} is empty: the {name.split('_')[0]} split has no examples")
+    for name in ("train_labels", "test_labels", "train_true_labels", "asr_labels"):
+      if name in arrays and not (np.issubdtype(arrays[name].dtype, np.integer) or
+                                 arrays[name].dtype == bool):
+        raise InputError(f"{name} must be integers, got {arrays[name].dtype}")
     for name in ("train_features", "test_features", "asr_features"):
       if name in arrays and not (arrays[name].ndim == 2 or (
           arrays[name].ndim == 4 and arrays[name].dtype == np.uint8)):
@@ -87,10 +100,21 @@ class FeatureData(NamedTuple):
                np.asarray(v, np.float32) if k.endswith("features") else
                np.asarray(v, bool) if k == "train_poisoned" else
                np.asarray(v, np.int32)) for k, v in arrays.items()}
+    for name in ("train_features", "test_features", "asr_features"):
+      if name in out and out[name].dtype != np.uint8 and not np.all(np.isfinite(out[name])):
+        bad = int(np.sum(~np.isfinite(out[name])))
+        raise InputError(f"{name} has {bad} NaN or infinite values")
+    if len(np.unique(out["train_labels"])) < 2:
+      raise InputError("the training labels have fewer than two classes")
+    k = self.declared_classes or int(out["train_labels"].max()) + 1
+    source = "declared" if self.declared_classes else "max training label + 1"
     for name in ("train_labels", "test_labels", "train_true_labels", "asr_labels"):
       if name in out and out[name].size and out[name].min() < 0:
         raise InputError(f"{name} has negative labels")
-    return FeatureData(**out)
+      if name in out and out[name].size and out[name].max() >= k:
+        raise InputError(f"{name} has label {int(out[name].max())}, but there are {k} "
+                         f"classes ({source}); labels must be in [0, {k})")
+    return FeatureData(**out, declared_classes=self.declared_classes)
 
 
 def load_npz(path: str | os.PathLike) -> FeatureData:
@@ -104,14 +128,19 @@ def load_npz(path: str | os.PathLike) -> FeatureData:
   path = pathlib.Path(path)
   if not path.is_file():
     raise MissingFileError(f"feature file {str(path)!r} does not exist")
-  with np.load(path) as npz:
+  try:
+    npz = np.load(path)
+  except (OSError, ValueError, zipfile.BadZipFile) as error:
+    raise InputError(f"feature file {str(path)!r} is not a readable .npz ({error})") from error
+  with npz:
     present = set(npz.files)
     missing = [k for k in _REQUIRED if k not in present]
     if missing:
       raise InputError(f"feature file {str(path)!r} lacks {missing}; it has "
                      f"{sorted(present)}")
     arrays = {k: npz[k] for k in _REQUIRED + _OPTIONAL if k in present}
-  return FeatureData(**arrays).validate()
+    declared = int(npz["declared_classes"]) if "declared_classes" in present else None
+  return FeatureData(**arrays, declared_classes=declared).validate()
 
 
 def save_npz(data: FeatureData, path: str | os.PathLike) -> None:

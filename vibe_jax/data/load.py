@@ -10,8 +10,8 @@ config.data.source:
             `workdir/poisoning.json`.
 """
 
-import pathlib
-from typing import Optional
+import logging
+from typing import NamedTuple, Optional
 
 import ml_collections
 import numpy as np
@@ -21,12 +21,24 @@ from vibe_jax.data import device
 from vibe_jax.data.digits import badnets_digits
 from vibe_jax.data.features import FeatureData, load_npz
 from vibe_jax.data.poisoned import TriggeredTestSet, poison_train_set
-from vibe_jax.data.sources import (DatasetInfo, SubsetSource, dataset_info, open_source,
-                                   stratified_subset)
+from vibe_jax.data.sources import (DatasetInfo, ImageSource, SubsetSource, dataset_info,
+                                   decodable, open_source, stratified_subset)
 from vibe_jax.errors import InputError
 from vibe_jax.models.vmf import l2_normalize
 
-__all__ = ["load_data"]
+__all__ = ["Loaded", "load_data"]
+
+_log = logging.getLogger(__name__)
+
+
+class Loaded(NamedTuple):
+  """The data of a run: arrays, the images' description (None for features) and
+  the poisoning record (attack, parameters, indices; None when not poisoned here),
+  which the caller writes to `poisoning.json`."""
+
+  data: FeatureData
+  info: Optional[DatasetInfo]
+  poisoning: Optional[dict]
 
 
 def _attack_params(text: str) -> dict:
@@ -40,43 +52,66 @@ def _unit(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
   return None if a is None else np.asarray(l2_normalize(a))
 
 
-def _images(config: ml_collections.ConfigDict, workdir: Optional[pathlib.Path]
-            ) -> tuple[FeatureData, DatasetInfo]:
+def _subset(source: ImageSource, size: int, seed: int, what: str) -> ImageSource:
+  if size > len(source):
+    raise InputError(f"config.data.{what}_subset is {size}, but the {what} split has only "
+                     f"{len(source)} images")
+  return SubsetSource(source, stratified_subset(source.labels, size, seed))
+
+
+def _skip_bad(source: ImageSource, what: str) -> ImageSource:
+  good = decodable(source)
+  if len(good) < len(source):
+    _log.warning("skipping %d of %d %s images that do not decode "
+                 "(config.data.skip_bad_images)", len(source) - len(good), len(source), what)
+    return SubsetSource(source, good)
+  return source
+
+
+def _declared(config, source_classes: int) -> int:
+  k = config.data.num_classes
+  if k and k < source_classes:
+    raise InputError(f"config.data.num_classes is {k}, but the dataset declares "
+                     f"{source_classes} classes")
+  return k or source_classes
+
+
+def _images(config: ml_collections.ConfigDict) -> Loaded:
   d = config.data
   info = dataset_info(d.dataset)
   data_dir = d.get("data_dir") or None
   train_source = open_source(d.dataset, info.train_split, data_dir=data_dir)
   test_source = open_source(d.dataset, info.test_split, data_dir=data_dir)
-  if d.get("train_subset"):
-    train_source = SubsetSource(train_source, stratified_subset(
-        train_source.labels, d.train_subset, config.seed))
-  if d.get("test_subset"):
-    test_source = SubsetSource(test_source, stratified_subset(
-        test_source.labels, d.test_subset, config.seed))
+  if d.skip_bad_images:
+    train_source = _skip_bad(train_source, "training")
+    test_source = _skip_bad(test_source, "test")
+  if d.train_subset:
+    train_source = _subset(train_source, d.train_subset, config.seed, "train")
+  if d.test_subset:
+    test_source = _subset(test_source, d.test_subset, config.seed, "test")
+  k = _declared(config, train_source.num_classes)
   try:
     attack = attacks.build(d.attack, image_size=info.image_size, seed=config.seed,
-                           num_classes=train_source.num_classes, **_attack_params(d.attack_params))
-  except ValueError as error:
-    raise InputError(str(error)) from error
+                           num_classes=k, **_attack_params(d.attack_params))
+  except (TypeError, ValueError) as error:
+    raise InputError(f"config.data.attack {d.attack!r}: {error}") from error
   train = poison_train_set(train_source, attack)
-  if workdir is not None:
-    train.write_metadata(workdir / "poisoning.json")
   arrays = device.train_arrays(train)
   clean = device.clean_arrays(test_source)
   asr = device.triggered_arrays(TriggeredTestSet(test_source, attack))
   data = FeatureData(train_features=arrays.images, train_labels=arrays.labels,
                      train_true_labels=arrays.true_labels, train_poisoned=arrays.poisoned,
                      test_features=clean.images, test_labels=clean.labels,
-                     asr_features=asr.images, asr_labels=asr.labels)
-  return data.validate(), info
+                     asr_features=asr.images, asr_labels=asr.labels, declared_classes=k)
+  return Loaded(data.validate(), info, train.metadata())
 
 
-def load_data(config: ml_collections.ConfigDict, workdir: Optional[pathlib.Path] = None
-              ) -> tuple[FeatureData, Optional[DatasetInfo]]:
-  """(data, info): info describes the images (None for feature vectors)."""
+def load_data(config: ml_collections.ConfigDict) -> Loaded:
+  """The data `config.data` names, validated (see `FeatureData.validate`); nothing
+  is written."""
   source = config.data.source
   if source == "images":
-    return _images(config, workdir)
+    return _images(config)
   if source == "digits":
     data = badnets_digits(seed=config.seed, rate=config.data.poison_rate,
                           target=config.data.target, patch=config.data.patch)
@@ -94,4 +129,6 @@ def load_data(config: ml_collections.ConfigDict, workdir: Optional[pathlib.Path]
     data = data._replace(train_features=_unit(data.train_features),
                          test_features=_unit(data.test_features),
                          asr_features=_unit(data.asr_features))
-  return data, None
+  if config.data.num_classes:
+    data = data._replace(declared_classes=config.data.num_classes)
+  return Loaded(data.validate(), None, None)

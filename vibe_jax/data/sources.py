@@ -68,6 +68,22 @@ DATASETS = {
 }
 
 
+class UndecodableImageError(InputError):
+  """An image file that does not decode; the message names it."""
+
+
+def decodable(source: "ImageSource") -> np.ndarray:
+  """Indices of the examples of `source` that decode (reads every image once)."""
+  good = []
+  for i in range(len(source)):
+    try:
+      source[i]
+    except UndecodableImageError:
+      continue
+    good.append(i)
+  return np.asarray(good, np.int64)
+
+
 class ImageSource:
   """Random access to (image, label) pairs; see the module docstring."""
 
@@ -167,6 +183,10 @@ class ImageFolderSource(ImageSource):
     for label, name in enumerate(self.classes):
       found = sorted(p for p in (split_dir / name).iterdir()
                      if p.suffix.lower() in _IMAGE_SUFFIXES)
+      if not found:
+        # An empty class folder would silently add a class without examples.
+        raise InputError(f"class folder {str(split_dir / name)!r} has no image files "
+                         f"({', '.join(sorted(_IMAGE_SUFFIXES))}); remove it or add images")
       files += found
       labels += [label] * len(found)
     if not files:
@@ -180,8 +200,13 @@ class ImageFolderSource(ImageSource):
     self.image_size = image_size
 
   def __getitem__(self, index):
-    with Image.open(self.files[index]) as image:
-      return _to_rgb_array(image, self.image_size), int(self.labels[index])
+    try:
+      with Image.open(self.files[index]) as image:
+        return _to_rgb_array(image, self.image_size), int(self.labels[index])
+    except (OSError, ValueError) as error:  # PIL's errors for unreadable images
+      raise UndecodableImageError(
+          f"image {str(self.files[index])!r} cannot be decoded ({error}); fix or remove "
+          "it, or pass --config.data.skip_bad_images=True to skip such images") from error
 
 
 def prepare_hint(name: str, data_dir: Optional[str]) -> str:

@@ -60,10 +60,12 @@ class DefenseOutcome:
     model: a module with `embed` and class scores from `__call__`.
     variables: its trained variables.
     inputs: how it reads the test sets.
-    row: extra row figures (e.g. "ssl_wall_time_s", pseudo-label statistics);
-      keys ending in "_wall_time_s" are times of stages before training proper.
+    row: extra row figures (e.g. "ssl_wall_time_s", the time of a stage before
+      training proper, and pseudo-label statistics).
     outputs: what results.json records under the defense's name (paths, counts,
       times of each stage).
+    seconds: how long its training took, added up over every run that resumed it
+      (`train.stage_seconds`); the row's wall time is this plus the evaluation.
   """
 
   method: str
@@ -72,6 +74,7 @@ class DefenseOutcome:
   inputs: Inputs
   row: dict[str, Any] = dataclasses.field(default_factory=dict)
   outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,13 @@ class Defense:
   @staticmethod
   def add_defaults(config: ml_collections.ConfigDict) -> None:
     """Adds the config sections this defense owns (with their defaults)."""
+
+  @staticmethod
+  def check(config: ml_collections.ConfigDict) -> list[str]:
+    """The problems of the values in this defense's sections (see
+    `vibe_jax.checks`); run before any work starts."""
+    del config
+    return []
 
   def run(self, ctx: DefenseContext) -> DefenseOutcome:
     """Trains (or resumes) the defended classifier."""

@@ -19,6 +19,7 @@ import time
 import jax.numpy as jnp
 import ml_collections
 
+from vibe_jax import files
 from vibe_jax.data.features import FeatureData, load_npz, save_npz
 from vibe_jax.train import Inference, Inputs, build_model, initial_variables
 
@@ -69,8 +70,8 @@ def extract_features(config: ml_collections.ConfigDict, data: FeatureData, input
   features = data._replace(train_features=embed(data.train_features),
                            test_features=embed(data.test_features),
                            asr_features=embed(data.asr_features)).validate()
-  save_npz(features, path)
-  meta.write_text(json.dumps(key))
+  files.save_with(path, lambda tmp: save_npz(features, tmp))
+  files.write_json(meta, key, None)
   _log.info("extracted %s features of %d training images to %s",
             features.train_features.shape[1], len(features.train_labels), path)
   return FeaturesResult(features, path, False, time.time() - began)

@@ -2,7 +2,6 @@
 the training features whose score exceeds `delta`."""
 
 import dataclasses
-import json
 import logging
 import pathlib
 from typing import Callable, Optional
@@ -10,7 +9,7 @@ from typing import Callable, Optional
 import ml_collections
 import numpy as np
 
-from vibe_jax import leiden
+from vibe_jax import files, leiden
 from vibe_jax.data.features import FeatureData
 
 __all__ = ["OutlierResult", "filter_outliers"]
@@ -38,7 +37,7 @@ class OutlierResult:
 
 def filter_outliers(c: ml_collections.ConfigDict, features: np.ndarray, data: FeatureData,
                     seed: int, workdir: pathlib.Path, log: Callable[[dict], None],
-                    stage: str = "vibe") -> OutlierResult:
+                    stage: str = "leiden") -> OutlierResult:
   """Clusters `features` (rows of `data`'s training set) with the settings `c`
   (`config.leiden`); the kept original indices go to `workdir/leiden.json`."""
   keep, report = leiden.outlier_cluster_keep(
@@ -47,7 +46,9 @@ def filter_outliers(c: ml_collections.ConfigDict, features: np.ndarray, data: Fe
                       if data.train_poisoned is not None else None)
   report.update(removed_poisoned=removed_poisoned)
   path = workdir / "leiden.json"
-  path.write_text(json.dumps({**report, "kept_indices": np.flatnonzero(keep).tolist()}))
+  files.write_json(path, {**report, "kept_indices": np.flatnonzero(keep).tolist()}, None)
+  if hasattr(log, "truncate"):
+    log.truncate(stage, 0)  # a resumed run filters again: one row, not two
   log({"stage": stage, "step": 0, "event": "leiden",
        **{k: v for k, v in report.items() if k != "scores"}})
   _log.info("[leiden] %d clusters, removed cluster %s: %d examples (%s poisoned)",

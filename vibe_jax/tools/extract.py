@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vibe_jax import files
 from vibe_jax.data.load import load_data
 from vibe_jax.errors import InputError
 from vibe_jax.stages import extract_features
@@ -30,11 +31,12 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   try:
-    data, info = load_data(config, workdir)
+    data, info, poisoning = load_data(config)
     if info is None:
       raise InputError("feature extraction needs config.data.source='images'")
     if not config.model.backbone:
       raise InputError("feature extraction needs config.model.backbone")
+    files.write_json(workdir / "poisoning.json", poisoning, None)
     result = extract_features(config, data, Inputs(info, config.model.input_size), workdir)
   except InputError as error:
     sys.exit(f"FATAL input error: {error}")

@@ -7,11 +7,11 @@ from vibe_jax.train.batches import BatchSource, DeviceArrays, IndexBatches
 from vibe_jax.train.inference import Inference
 from vibe_jax.train.inputs import Inputs
 from vibe_jax.train.knn import knn_accuracy
-from vibe_jax.train.loop import Hook, LoopSettings, fit
+from vibe_jax.train.loop import Hook, LoopSettings, fit, stage_seconds
 from vibe_jax.train.model import (build_model, classifier_state, initial_features,
                                   initial_variables)
 from vibe_jax.train.state import TrainState, variables
 
 __all__ = ["evaluators", "BatchSource", "DeviceArrays", "IndexBatches", "Inference",
-           "Inputs", "knn_accuracy", "Hook", "LoopSettings", "fit", "build_model",
+           "Inputs", "knn_accuracy", "Hook", "LoopSettings", "fit", "stage_seconds", "build_model",
            "classifier_state", "initial_features", "initial_variables", "TrainState", "variables"]

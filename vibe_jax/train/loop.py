@@ -12,8 +12,11 @@ E-step) and at log steps (the kNN monitor).
 
 import dataclasses
 import functools
+import json
 import logging
 import pathlib
+import sys
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -21,11 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import tqdm
 
-from vibe_jax import parallel
+from vibe_jax import files, parallel
 from vibe_jax.checkpoint import Checkpointer
 from vibe_jax.train.batches import BatchSource
 
-__all__ = ["LoopSettings", "Hook", "fit"]
+__all__ = ["LoopSettings", "Hook", "fit", "stage_seconds"]
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +67,56 @@ class Hook:
     del step, state, row
 
 
+def _seconds_path(workdir: pathlib.Path, name: str) -> pathlib.Path:
+  return workdir / name / "seconds.json"
+
+
+def _read_seconds(workdir: pathlib.Path, name: str) -> dict[str, float]:
+  path = _seconds_path(workdir, name)
+  try:
+    return json.loads(path.read_text()) if path.exists() else {}
+  except ValueError:
+    return {}
+
+
+def stage_seconds(workdir: pathlib.Path, name: str) -> float:
+  """Seconds stage `name` has trained, added up over every run that resumed it
+  (recorded at each checkpoint: the time to its newest one)."""
+  seconds = _read_seconds(workdir, name)
+  return max(seconds.values(), default=0.0)
+
+
+class _Bar:
+  """A tqdm progress bar on a terminal, plain log lines otherwise (so a redirected
+  run's log has no carriage returns). The bar starts after the first step, so the
+  first step's compilation does not inflate the ETA."""
+
+  def __init__(self, name: str, start: int, total: int, enabled: bool):
+    self._name, self._start, self._total = name, start, total
+    self._tty = enabled and sys.stderr.isatty()
+    self._bar = None
+
+  def step(self, done: int) -> None:
+    if not self._tty:
+      return
+    if self._bar is None:
+      self._bar = tqdm.tqdm(desc=self._name, initial=done, total=self._total,
+                            mininterval=1.0, dynamic_ncols=True)
+    else:
+      self._bar.update(1)
+
+  def log(self, row: dict) -> None:
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f"{row['loss']:.4f}")
+    elif not self._tty:
+      _log.info("[%s] step %d/%d: loss %.4f", self._name, row["step"], self._total,
+                row["loss"])
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
 def _mean_metrics(window: list[dict]) -> dict[str, float]:
   return jax.tree_util.tree_map(lambda *v: float(jnp.mean(jnp.stack(v))), *window)
 
@@ -88,11 +141,16 @@ def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict
   Returns:
     The state after `settings.num_steps` steps.
   """
+  began = time.time()
   ckpt = Checkpointer(workdir / name / "checkpoints", max_to_keep=settings.max_to_keep)
   state, restored = ckpt.restore_or(state)
   start = int(state.step)
   if restored is not None:
     _log.info("[%s] resuming from the checkpoint at step %d", name, start)
+  if hasattr(log, "truncate"):
+    log.truncate(name, start)  # rows past the checkpoint are written again below
+  seconds = {k: v for k, v in _read_seconds(workdir, name).items() if int(k) <= start}
+  base_seconds = seconds.get(str(start), 0.0)
   mesh = parallel.data_mesh()
   everywhere, rows = parallel.replicated(mesh), parallel.batch_rows(mesh)
   parallel.check_batch_size(source.batch_size, mesh)
@@ -106,22 +164,25 @@ def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict
     return step_fn(state, batch)
 
   window = []  # metrics of the steps since the last log line, averaged there
-  bar = tqdm.tqdm(range(start, settings.num_steps), desc=name, initial=start,
-                  total=settings.num_steps, mininterval=1.0, disable=not settings.progress_bar)
-  for t in bar:
+  bar = _Bar(name, start, settings.num_steps, settings.progress_bar)
+  for t in range(start, settings.num_steps):
     for hook in hooks:
       state = hook.before_step(t, state, arrays)
     state, metrics = step(state, arrays, source.step_input(t))
     window.append(metrics)  # device arrays: no host sync until the log line
     done = t + 1
+    bar.step(done)
     if done % settings.log_every == 0 or done == settings.num_steps:
       row = {"stage": name, "step": done, "event": "train", **_mean_metrics(window)}
       window = []
       for hook in hooks:
         hook.on_log(done, state, row)
-      bar.set_postfix(loss=f"{row['loss']:.4f}")
+      bar.log(row)
       log(row)
     if done % settings.checkpoint_every == 0 or done == settings.num_steps:
       ckpt.save(done, state)
+      seconds[str(done)] = round(base_seconds + time.time() - began, 2)
+      files.write_json(_seconds_path(workdir, name), seconds)
+  bar.close()
   ckpt.close()
   return state

@@ -14,9 +14,11 @@ import ml_collections
 import optax
 
 from vibe_jax import mstep
+from vibe_jax import checks
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build_classifier,
                                     grouped_sgd, initial_classifier, register)
-from vibe_jax.train import DeviceArrays, LoopSettings, classifier_state, fit, variables
+from vibe_jax.train import (DeviceArrays, LoopSettings, classifier_state, fit, stage_seconds,
+                            variables)
 
 __all__ = ["NoDefense", "optimizer"]
 
@@ -39,7 +41,12 @@ class NoDefense(Defense):
     config.baseline = ml_collections.ConfigDict()
     config.baseline.lr = 0.0  # > 0: one learning rate with cosine decay (standard recipe)
 
+  @staticmethod
+  def check(config: ml_collections.ConfigDict) -> list[str]:
+    return checks.number(config, "baseline.lr", 0.0)
+
   def run(self, ctx: DefenseContext) -> DefenseOutcome:
+    """Trains (or resumes) the classifier on the given labels."""
     config, data = ctx.config, ctx.data
     model = build_classifier(ctx)
     init_vars, features = initial_classifier(ctx, model, config.model.backbone_weights)
@@ -53,4 +60,5 @@ class NoDefense(Defense):
                 workdir=ctx.workdir, log=ctx.log, key=jax.random.PRNGKey(config.seed))
     return DefenseOutcome("no defense", model, variables(state), ctx.inputs,
                           outputs={"checkpoints": str(ctx.workdir / "baseline" / "checkpoints"),
-                                   "steps": config.num_steps})
+                                   "steps": config.num_steps},
+                          seconds=stage_seconds(ctx.workdir, "baseline"))

@@ -15,14 +15,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vibe_jax import mstep
+from vibe_jax import files, mstep
+from vibe_jax import checks as ck
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build_classifier,
                                     grouped_sgd, initial_classifier, register)
 from vibe_jax.defenses.vibe.estep_hook import EStepHook, pseudo_label_metrics
 from vibe_jax.errors import InputError
 from vibe_jax.stages import filter_outliers
 from vibe_jax.stages.ssl import pretrain
-from vibe_jax.train import DeviceArrays, LoopSettings, classifier_state, fit, variables
+from vibe_jax.train import (DeviceArrays, LoopSettings, classifier_state, fit, stage_seconds,
+                            variables)
 
 __all__ = ["VIBE"]
 
@@ -37,6 +39,14 @@ def _add_estep(c: ml_collections.ConfigDict) -> None:
   c.estep.reference_iterations = False  # True: exactly 10,001 iterations (quirk 1)
   c.estep.uniform_first = True  # uniform p(y|l) at the first E-step (quirk 8)
   c.estep.chunk_size = 8192  # rows of log P computed at a time
+
+
+def _check_estep(c: ml_collections.ConfigDict) -> list[str]:
+  return (ck.integer(c, "estep.period", 1) + ck.number(c, "estep.epsilon", 0.0, low_open=True)
+          + ck.number(c, "estep.threshold", 0.0, low_open=True)
+          + ck.integer(c, "estep.max_iterations", 1) + ck.integer(c, "estep.inner_iterations", 1)
+          + ck.boolean(c, "estep.reference_iterations") + ck.boolean(c, "estep.uniform_first")
+          + ck.integer(c, "estep.chunk_size", 1))
 
 
 def _add_ssl(c: ml_collections.ConfigDict) -> None:
@@ -57,11 +67,27 @@ def _add_ssl(c: ml_collections.ConfigDict) -> None:
   c.ssl.knn_every = 500  # kNN accuracy on the clean test set (0 = never)
 
 
+def _check_ssl(c: ml_collections.ConfigDict) -> list[str]:
+  p = ck.boolean(c, "ssl.enabled") + ck.text(c, "ssl.method")
+  p += ck.integer(c, "ssl.num_steps", 1) + ck.integer(c, "ssl.batch_size", 2)
+  p += ck.number(c, "ssl.lr", 0.0, low_open=True) + ck.number(c, "ssl.weight_decay", 0.0)
+  p += ck.integer(c, "ssl.warmup_steps", 0) + ck.number(c, "ssl.temperature", 0.0, low_open=True)
+  for key in ("ssl.proj_hidden", "ssl.proj_dim", "ssl.pred_hidden", "ssl.queue_size"):
+    p += ck.integer(c, key, 1)
+  p += ck.number(c, "ssl.base_tau", 0.0, 1.0) + ck.integer(c, "ssl.knn_every", 0)
+  return p
+
+
 def _add_leiden(c: ml_collections.ConfigDict) -> None:
   c.leiden = ml_collections.ConfigDict()
   c.leiden.enabled = False  # SS variants: drop at most one outlier cluster (spec 9)
   c.leiden.delta = 0.275
   c.leiden.num_neighbors = 50
+
+
+def _check_leiden(c: ml_collections.ConfigDict) -> list[str]:
+  return (ck.boolean(c, "leiden.enabled") + ck.number(c, "leiden.delta", 0.0, low_open=True)
+          + ck.integer(c, "leiden.num_neighbors", 1))
 
 
 @register("vibe")
@@ -75,7 +101,12 @@ class VIBE(Defense):
     _add_ssl(config)
     _add_leiden(config)
 
+  @staticmethod
+  def check(config: ml_collections.ConfigDict) -> list[str]:
+    return _check_estep(config) + _check_ssl(config) + _check_leiden(config)
+
   def run(self, ctx: DefenseContext) -> DefenseOutcome:
+    """SSL (if enabled) -> Leiden (if enabled) -> EM; resumes each from its checkpoints."""
     config, data = ctx.config, ctx.data
     row, outputs = {}, {}
     weights = config.model.backbone_weights
@@ -95,6 +126,7 @@ class VIBE(Defense):
       data, features = kept.data, kept.features
       row.update(leiden_removed=kept.removed, leiden_removed_poisoned=kept.removed_poisoned)
       outputs["leiden"] = kept.summary()
+    setup = time.time() - began
     state = classifier_state(init_vars, features, data.train_labels, ctx.data.num_classes,
                              grouped_sgd(config.optim), config.seed,
                              extra={"pseudo_labels": jnp.asarray(data.train_labels, jnp.int32)})
@@ -107,10 +139,12 @@ class VIBE(Defense):
                 hooks=[EStepHook(model, ctx.inputs, config.estep, data, ctx.log)])
     labels = np.asarray(state.extra["pseudo_labels"])
     path = ctx.workdir / "pseudo_labels.npy"
-    np.save(path, labels)
+    files.save_with(path, lambda tmp: np.save(tmp, labels))
     row.update({f"pseudo_{k}": v for k, v in pseudo_label_metrics(labels, data).items()})
+    seconds = stage_seconds(ctx.workdir, "vibe")
     outputs["em"] = {"checkpoints": str(ctx.workdir / "vibe" / "checkpoints"),
                      "steps": config.num_steps, "pseudo_labels": str(path),
-                     "training_examples": len(labels), "seconds": round(time.time() - began, 2)}
+                     "training_examples": len(labels), "seconds": seconds,
+                     "setup_seconds_this_run": round(setup, 2)}
     return DefenseOutcome(f"VIBE-{config.model.variant}", model, variables(state), ctx.inputs,
-                          row, outputs)
+                          row, outputs, seconds)

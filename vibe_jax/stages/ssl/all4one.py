@@ -58,6 +58,7 @@ class Encoder(nn.Module):
     return _bn(train)(nn.Dense(self.out)(z))
 
   def embed(self, x, train: bool = False):
+    """Backbone features (what VIBE-SS fine-tunes and the kNN monitor reads)."""
     return self.backbone(x, train=train)
 
 
@@ -130,6 +131,7 @@ class All4One(nn.Module):
     return x[:, 0]
 
   def embed(self, x, train: bool = False):
+    """Backbone features (what VIBE-SS fine-tunes and the kNN monitor reads)."""
     return self.encoder.embed(x, train)
 
 

@@ -12,13 +12,13 @@ logged every `ssl.knn_every` steps. The backbone's variables go to
 import dataclasses
 import logging
 import pathlib
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vibe_jax import files
 from vibe_jax.data import device
 from vibe_jax.data.features import FeatureData
 from vibe_jax.data.sources import DatasetInfo
@@ -27,7 +27,7 @@ from vibe_jax.models.backbones import build_backbone
 from vibe_jax.models.convert import save_variables
 from vibe_jax.stages.ssl import base
 from vibe_jax.train import (DeviceArrays, Hook, Inference, Inputs, LoopSettings, evaluators,
-                            fit, variables)
+                            fit, stage_seconds, variables)
 
 __all__ = ["SSLResult", "pretrain"]
 
@@ -72,7 +72,6 @@ def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: Dataset
   poisoned training images of `data`."""
   if info is None or not data.is_images:
     raise InputError("config.ssl needs image data (config.data.source='images')")
-  began = time.time()
   c = config.ssl
   try:
     parts = base.build(c.method).build(c, build_backbone(config.model.backbone), info)
@@ -87,5 +86,6 @@ def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: Dataset
               settings=settings, workdir=workdir, log=log,
               key=jax.random.PRNGKey(config.seed + 2), hooks=[monitor])
   path = workdir / "ssl" / "backbone.msgpack"
-  save_variables(jax.device_get(parts.backbone_variables(state)), str(path))
-  return SSLResult(path, c.num_steps, time.time() - began, monitor.last_value)
+  files.save_with(path, lambda tmp: save_variables(
+      jax.device_get(parts.backbone_variables(state)), tmp))
+  return SSLResult(path, c.num_steps, stage_seconds(workdir, "ssl"), monitor.last_value)

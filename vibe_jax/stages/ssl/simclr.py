@@ -24,6 +24,7 @@ class SimCLR(nn.Module):
   out: int = 256
 
   def embed(self, x, train: bool = False):
+    """Backbone features (what VIBE-SS fine-tunes and the kNN monitor reads)."""
     return self.backbone(x, train=train)
 
   @nn.compact
