@@ -44,6 +44,8 @@ def test_quickstart_defends_and_writes_results(tmp_path):
   esteps = [l for l in lines if l["event"] == "estep" and l["stage"] == "vibe"]
   assert len(esteps) == 6  # steps 0, 250, ..., 1250
   assert esteps[-1]["poisoned_relabelled"] > 0.9
+  # Redirected (not a terminal): plain progress lines, no carriage returns.
+  assert "\r" not in out.stderr and "[vibe] step 250/1500: loss" in out.stderr
 
 
 def _final_state(workdir):
