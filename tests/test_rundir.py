@@ -52,7 +52,7 @@ def _hold(workdir, ready):
 
 
 def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, caplog):
-  ctx = multiprocessing.get_context("fork")
+  ctx = multiprocessing.get_context("spawn")  # no fork of a process running JAX threads
   ready = ctx.Event()
   holder = ctx.Process(target=_hold, args=(tmp_path, ready))
   holder.start()
