@@ -1,5 +1,11 @@
 """E-step: marginals, agreement with an independent Sinkhorn, chunked log P."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,3 +191,54 @@ def test_checkify_catches_bad_values_under_jit():
   err, _ = run(_LOG_P, _PRIOR * 0.83, threshold=1e-5)
   with pytest.raises(ValueError, match=r"prior sums to 0\.83"):
     err.throw()
+
+
+_SHARDED_SCRIPT = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from vibe_jax import estep, parallel
+assert jax.device_count() == 8
+rng = np.random.default_rng(0)
+n, k = 8003, 10  # not divisible by 8: padded with 5 zero-mass rows
+centres = rng.normal(size=(k, 16))
+x = centres[rng.integers(0, k, n)] + rng.normal(size=(n, 16)) * 1.5
+log_p = np.asarray(jax.nn.log_softmax(jnp.asarray(x @ centres.T, jnp.float32), axis=1))
+prior = jnp.full((k,), 1.0 / k)
+one = estep.pseudo_labels(jnp.asarray(log_p), prior)
+mesh = parallel.data_mesh()
+padded = np.concatenate([log_p, np.zeros((5, k), np.float32)])
+rows = jax.device_put(padded, NamedSharding(mesh, P("data", None)))
+run = jax.jit(estep.pseudo_labels, static_argnames="num_rows")
+out = run(rows, prior, num_rows=n)
+memory = run.lower(rows, prior, num_rows=n).compile().memory_analysis()
+print(json.dumps({
+    "agree": float(np.mean(np.asarray(one.labels) == np.asarray(out.labels)[:n])),
+    "spec": str(out.labels.sharding.spec), "argument_bytes": memory.argument_size_in_bytes,
+    "iterations": [int(one.iterations), int(out.iterations)]}))
+"""
+
+
+def test_row_sharded_log_p_gives_a_sharded_e_step_with_the_same_labels():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], capture_output=True,
+                       text=True, env=env, timeout=300,
+                       cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.returncode == 0, out.stderr
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got["agree"] >= 0.9999 and got["iterations"][0] == got["iterations"][1]
+  assert got["spec"] in ("P('data',)", "PartitionSpec('data',)")
+  # Each device holds its 8008 / 8 rows of log P (plus the prior), not all of it.
+  assert got["argument_bytes"] == 8008 // 8 * 10 * 4 + 10 * 4
+
+
+def test_num_rows_outside_the_rows_of_log_p_is_refused():
+  log_p = jnp.zeros((6, 3))
+  prior = jnp.full((3,), 1 / 3)
+  for bad in (0, 7):
+    with pytest.raises(ValueError, match="num_rows must be in"):
+      estep.pseudo_labels(log_p, prior, num_rows=bad)
+  padded = estep.pseudo_labels(jnp.concatenate([log_p, jnp.zeros((2, 3))]), prior,
+                               num_rows=6)
+  assert bool(padded.converged) and padded.labels.shape == (8,)

@@ -177,6 +177,7 @@ def pseudo_labels(
     max_iterations: int = REFERENCE_ITERATIONS,
     inner_iterations: int = 10,
     reference_iterations: bool = False,
+    num_rows: int | None = None,
 ) -> PseudoLabels:
   """Clean pseudo-labels by Sinkhorn on log p(l|x) + log p(y|l[,x]).
 
@@ -223,6 +224,15 @@ def pseudo_labels(
     reference_iterations: run exactly `REFERENCE_ITERATIONS` iterations, as the
       reference does, ignoring `threshold`, `max_iterations`, `inner_iterations`
       (they are still validated).
+    num_rows: the first `num_rows` rows are samples (mass 1 / num_rows each); the
+      rest are padding with zero mass, e.g. to divide N over the devices (default:
+      every row). Their labels are meaningless.
+
+  Sharding: the computation follows the caller's arrays. A `log_p` sharded by
+  rows (`NamedSharding(mesh, P("data", None))`, N divisible by the devices: pad
+  with `num_rows`) gives a computation sharded by rows, the class sums
+  all-reduced by XLA; each device holds only its rows of log P, and the labels
+  come back sharded the same way.
 
   Returns:
     A `PseudoLabels`.
@@ -241,7 +251,11 @@ def pseudo_labels(
     min_iterations = 0
   dtype = log_p.dtype
   geom = geometry.Geometry(cost_matrix=-log_p, epsilon=epsilon)
-  a = jnp.full((n,), 1.0 / n, dtype)
+  rows = n if num_rows is None else num_rows
+  if not 1 <= rows <= n:
+    raise ValueError(f"num_rows must be in [1, {n}] (the rows of log_p), got {rows}")
+  # Rows past `rows` are padding (e.g. to divide N over the devices): zero mass.
+  a = jnp.where(jnp.arange(n) < rows, 1.0 / rows, 0.0).astype(dtype)
   problem = linear_problem.LinearProblem(geom, a=a, b=prior.astype(dtype))
   solver = sinkhorn.Sinkhorn(
       threshold=threshold,
@@ -253,7 +267,7 @@ def pseudo_labels(
   )
   # The reference starts from the sample potential log(1/N) (in units of epsilon)
   # and updates the class potential first; ott updates g first too.
-  init = (jnp.full((n,), epsilon * jnp.log(1.0 / n), dtype), jnp.zeros((k,), dtype))
+  init = (jnp.full((n,), epsilon * jnp.log(1.0 / rows), dtype), jnp.zeros((k,), dtype))
   out = solver(problem, init=init)
   f, g = jax.lax.stop_gradient(out.f), jax.lax.stop_gradient(out.g)
   # argmax_l of the log plan (f_i + g_l - C_il) / eps; f_i is constant in l.
@@ -280,6 +294,7 @@ def checked_pseudo_labels(
     max_iterations: int = REFERENCE_ITERATIONS,
     inner_iterations: int = 10,
     reference_iterations: bool = False,
+    num_rows: int | None = None,
 ) -> PseudoLabels:
   """`pseudo_labels` with its value checks as `checkify.check`s, for use under jit.
 
@@ -305,7 +320,7 @@ def checked_pseudo_labels(
   return pseudo_labels(
       log_p, prior, epsilon=epsilon, threshold=threshold,
       max_iterations=max_iterations, inner_iterations=inner_iterations,
-      reference_iterations=reference_iterations)
+      reference_iterations=reference_iterations, num_rows=num_rows)
 
 
 def transport_log_plan(log_p: jax.Array, result: PseudoLabels, epsilon: float) -> jax.Array:
