@@ -41,12 +41,12 @@ def test_train_and_evaluate_in_memory(tmp_path):
   assert not np.allclose(state["params"]["head"]["mu"], means, atol=1e-3)
 
 
-_TWO_DEVICE_SCRIPT = """
+_EIGHT_DEVICE_SCRIPT = """
 import sys
 from tests.helpers import clusters, feature_config
 from vibe_jax.experiment import train_and_evaluate
 import jax
-assert jax.device_count() == 2, jax.devices()
+assert jax.device_count() == 8, jax.devices()
 train_and_evaluate(feature_config(), sys.argv[1], data=clusters())
 """
 
@@ -67,15 +67,15 @@ def test_a_failing_rerun_keeps_the_finished_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_devices_data_parallel_matches_one_device(tmp_path):
+def test_eight_devices_data_parallel_matches_one_device(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
   train_and_evaluate(feature_config(), str(one), data=clusters())
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(two)], check=True,
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_SCRIPT, str(two)], check=True,
                  cwd=ROOT, env=env)
   a = saved_state(one, "vibe", 60)
-  # Saved on two devices: restoring here needs a target on this one device.
+  # Saved on eight devices: restoring here needs a target on this one device.
   b = saved_state(two, "vibe", 60, a)
   np.testing.assert_array_equal(a["extra"]["pseudo_labels"], b["extra"]["pseudo_labels"])
   for name in ("mu", "eta", "rho"):
