@@ -19,7 +19,6 @@ workdir (the ones replaced whole are written atomically):
 """
 
 import json
-import logging
 import os
 import pathlib
 import time
@@ -38,9 +37,6 @@ from vibe_jax.stages import extract_features
 from vibe_jax.train import Inference, Inputs, evaluators
 
 __all__ = ["train_and_evaluate"]
-
-_log = logging.getLogger(__name__)
-
 
 def _names(text: str, known: list[str], what: str) -> list[str]:
   names = [n.strip() for n in text.split(",") if n.strip()]
@@ -71,11 +67,11 @@ def _data(config, given: Optional[FeatureData]) -> Loaded:
   return Loaded(given.validate(), None, None)
 
 
-def _check_against_data(config, data: FeatureData) -> None:
+def _check_against_data(config, names: list[str], data: FeatureData) -> None:
   """The rules that relate config values to the data and the devices."""
   n, devices = len(data.train_labels), jax.device_count()
   sizes = [("batch_size", config.batch_size)]
-  if "vibe" in config.defenses and config.ssl.enabled:
+  if "vibe" in names and config.ssl.enabled:
     sizes.append(("ssl.batch_size", config.ssl.batch_size))
   for key, size in sizes:
     if size > n:
@@ -134,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config = ml_collections.FrozenConfigDict(config)
   validate(config)
   names = _names(config.defenses, defenses.names(), "defenses")
-  _names(config.evaluators, evaluators.names(), "evaluators")
+  figures = _names(config.evaluators, evaluators.names(), "evaluators")
   workdir = pathlib.Path(workdir)
   config_json = json.loads(config.to_json_best_effort())
   fingerprint = rundir.config_fingerprint(config_json)
@@ -143,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if not fresh:
       rundir.check_run(workdir, fingerprint)
     loaded = _data(config, data)
-    _check_against_data(config, loaded.data)
+    _check_against_data(config, names, loaded.data)
     identity = _identity(loaded.data)
     if fresh:
       rundir.move_aside(workdir)
@@ -155,11 +151,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     files.write_json(workdir / "config.json", config_json)
     if loaded.poisoning is not None:
       files.write_json(workdir / "poisoning.json", loaded.poisoning, None)
-    return _run(config, workdir, names, loaded, origin, config_json)
+    return _run(config, workdir, names, figures, loaded, origin, config_json)
 
 
-def _run(config, workdir: pathlib.Path, names: list[str], loaded: Loaded, origin: dict,
-         config_json: dict) -> dict[str, Any]:
+def _run(config, workdir: pathlib.Path, names: list[str], figure_names: list[str],
+         loaded: Loaded, origin: dict, config_json: dict) -> dict[str, Any]:
   """Feature extraction (FM), the defenses, their rows and the result files."""
   data, stages = loaded.data, _stage_outputs(workdir, loaded)
   inputs = Inputs(loaded.info, config.model.input_size if data.is_images else 0)
@@ -178,7 +174,7 @@ def _run(config, workdir: pathlib.Path, names: list[str], loaded: Loaded, origin
     for name in names:
       outcome = defenses.build(name).run(ctx)
       began = time.time()
-      figures = evaluators.evaluate(config.evaluators, Inference(outcome.model, outcome.inputs),
+      figures = evaluators.evaluate(figure_names, Inference(outcome.model, outcome.inputs),
                                     outcome.variables, data)
       wall = outcome.seconds + time.time() - began
       rows.append({"method": outcome.method, **figures, "wall_time_s": round(wall, 2),

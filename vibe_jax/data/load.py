@@ -6,8 +6,8 @@ config.data.source:
   "images"  config.data.dataset (a TFDS name or an image folder, config.data.data_dir
             for TFDS) poisoned with config.data.attack (config.data.attack_params,
             "key=value,...", overriding its defaults, the poisoned set drawn from config.seed); the
-            poisoned index set and the attack's parameters are written to
-            `workdir/poisoning.json`.
+            poisoned index set and the attack's parameters come back as
+            `Loaded.poisoning` for the caller to write (`poisoning.json`).
 """
 
 import logging

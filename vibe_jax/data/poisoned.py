@@ -5,12 +5,11 @@ Every example is a dict: `image` (uint8 (H, W, 3), triggered if poisoned), `labe
 E-step's pseudo-labels are indexed by) and `poisoned`.
 
 The poisoned index set is drawn from the attack's seed (`poisoned_indices`) and
-written with the attack's parameters by `write_metadata`, so a run can be audited.
+recorded with the attack's parameters by `metadata()` (a run writes it to
+`poisoning.json`), so a run can be audited.
 """
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import numpy as np
@@ -60,12 +59,6 @@ class PoisonedTrainSet:
             "num_examples": len(self), "num_poisoned": int(self.poisoned.sum()),
             "poisoned_indices": np.flatnonzero(self.poisoned).tolist(),
             "cover_indices": np.flatnonzero(self.covered).tolist()}
-
-  def write_metadata(self, path: str | os.PathLike) -> None:
-    """Writes `metadata()` as JSON."""
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(self.metadata(), f)
-
 
 def poison_train_set(source: ImageSource, attack: Attack) -> PoisonedTrainSet:
   """Chooses the poisoned examples from the attack's seed and relabels them."""

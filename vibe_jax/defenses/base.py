@@ -13,7 +13,7 @@ it in `vibe_jax/defenses/__init__.py`. Nothing else changes.
 
 import dataclasses
 import pathlib
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ import numpy as np
 from vibe_jax import mstep
 from vibe_jax.data.features import FeatureData
 from vibe_jax.registry import Registry
+from vibe_jax.report import JsonLines
 from vibe_jax.models import VIBEModel
 from vibe_jax.train import Inputs, build_model, initial_features, initial_variables
 
@@ -48,7 +49,7 @@ class DefenseContext:
   data: FeatureData
   inputs: Inputs
   backbone: Optional[str]
-  log: Callable[[dict], None]
+  log: JsonLines
 
 
 @dataclasses.dataclass(frozen=True)

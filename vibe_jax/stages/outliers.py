@@ -4,13 +4,14 @@ the training features whose score exceeds `delta`."""
 import dataclasses
 import logging
 import pathlib
-from typing import Callable, Optional
+from typing import Optional
 
 import ml_collections
 import numpy as np
 
 from vibe_jax import files, leiden
 from vibe_jax.data.features import FeatureData
+from vibe_jax.report import JsonLines
 
 __all__ = ["OutlierResult", "filter_outliers"]
 
@@ -36,7 +37,7 @@ class OutlierResult:
 
 
 def filter_outliers(c: ml_collections.ConfigDict, features: np.ndarray, data: FeatureData,
-                    seed: int, workdir: pathlib.Path, log: Callable[[dict], None],
+                    seed: int, workdir: pathlib.Path, log: JsonLines,
                     stage: str = "leiden") -> OutlierResult:
   """Clusters `features` (rows of `data`'s training set) with the settings `c`
   (`config.leiden`); the kept original indices go to `workdir/leiden.json`."""
@@ -47,8 +48,7 @@ def filter_outliers(c: ml_collections.ConfigDict, features: np.ndarray, data: Fe
   report.update(removed_poisoned=removed_poisoned)
   path = workdir / "leiden.json"
   files.write_json(path, {**report, "kept_indices": np.flatnonzero(keep).tolist()}, None)
-  if hasattr(log, "truncate"):
-    log.truncate(stage, 0)  # a resumed run filters again: one row, not two
+  log.truncate(stage, 0)  # a resumed run filters again: one row, not two
   log({"stage": stage, "step": 0, "event": "leiden",
        **{k: v for k, v in report.items() if k != "scores"}})
   _log.info("[leiden] %d clusters, removed cluster %s: %d examples (%s poisoned)",

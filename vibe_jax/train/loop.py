@@ -26,6 +26,7 @@ import tqdm
 
 from vibe_jax import files, parallel
 from vibe_jax.checkpoint import Checkpointer
+from vibe_jax.report import JsonLines
 from vibe_jax.train.batches import BatchSource
 
 __all__ = ["LoopSettings", "Hook", "fit", "stage_seconds"]
@@ -123,7 +124,7 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
 
 def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
         source: BatchSource, settings: LoopSettings, workdir: pathlib.Path,
-        log: Callable[[dict], None], key: jax.Array, hooks: Sequence[Hook] = ()) -> Any:
+        log: JsonLines, key: jax.Array, hooks: Sequence[Hook] = ()) -> Any:
   """Runs stage `name` to `settings.num_steps` steps from its last checkpoint.
 
   Args:
@@ -147,8 +148,7 @@ def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict
   start = int(state.step)
   if restored is not None:
     _log.info("[%s] resuming from the checkpoint at step %d", name, start)
-  if hasattr(log, "truncate"):
-    log.truncate(name, start)  # rows past the checkpoint are written again below
+  log.truncate(name, start)  # rows past the checkpoint are written again below
   seconds = {k: v for k, v in _read_seconds(workdir, name).items() if int(k) <= start}
   base_seconds = seconds.get(str(start), 0.0)
   mesh = parallel.data_mesh()

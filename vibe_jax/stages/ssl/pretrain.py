@@ -12,7 +12,6 @@ logged every `ssl.knn_every` steps. The backbone's variables go to
 import dataclasses
 import logging
 import pathlib
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from vibe_jax.data.sources import DatasetInfo
 from vibe_jax.errors import InputError
 from vibe_jax.models.backbones import build_backbone
 from vibe_jax.models.convert import save_variables
+from vibe_jax.report import JsonLines
 from vibe_jax.stages.ssl import base
 from vibe_jax.train import (DeviceArrays, Hook, Inference, Inputs, LoopSettings, evaluators,
                             fit, stage_seconds, variables)
@@ -67,7 +67,7 @@ class KNNMonitor(Hook):
 
 
 def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: DatasetInfo,
-             workdir: pathlib.Path, log: Callable[[dict], None]) -> SSLResult:
+             workdir: pathlib.Path, log: JsonLines) -> SSLResult:
   """Runs (or resumes) `config.ssl` pretraining of `config.model.backbone` on the
   poisoned training images of `data`."""
   if info is None or not data.is_images:
