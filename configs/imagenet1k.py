@@ -1,6 +1,12 @@
 """ImageNet-1k (TFDS imagenet2012, manual download): kappa = nu = 20; BadNets,
 Blend, WaNet. The reference's own ImageNet-1k configs are incomplete (spec 7, 15).
 
+The images are streamed (`data.placement="stream"`): each process reads, decodes
+and poisons only its rows of each batch, and the E-step embeds the training set
+batch by batch into features sharded over every device. An ImageNet-layout image
+folder (ROOT/train/<wnid>/*.JPEG, ROOT/val/<wnid>/*.JPEG) works in place of TFDS:
+--config.data.dataset=ROOT. On several hosts or a pod slice see experiments/.
+
 Cost (estimated, not yet measured): SS pretrains a ResNet-50 for days on one GPU;
 FM is one ViT-g/14 pass over 1.33M images.
 

@@ -2,6 +2,7 @@
 
 import pathlib
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
@@ -90,4 +91,11 @@ def feature_config():
 def saved_state(workdir: pathlib.Path, stage: str, step: int, target=None) -> dict:
   """The state a stage saved at `step`, as nested dicts."""
   path = pathlib.Path(workdir) / stage / "checkpoints" / str(step) / "default"
-  return ocp.StandardCheckpointer().restore(path, target)
+  checkpointer = ocp.StandardCheckpointer()
+  if target is None:
+    # Onto this process's first device, whatever devices the run saved from.
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    tree = checkpointer.metadata(path).item_metadata.tree
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), tree)
+  return checkpointer.restore(path, target)

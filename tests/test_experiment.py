@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from configs import cifar10
 from tests.helpers import (ROOT, class_colour_folder, clusters, feature_config, image_config,
                            saved_state)
 from vibe_jax.errors import InputError
@@ -81,6 +83,50 @@ def test_eight_devices_data_parallel_matches_one_device(tmp_path):
   for name in ("mu", "eta", "rho"):
     np.testing.assert_allclose(a["params"]["head"][name], b["params"]["head"][name],
                                atol=1e-5)
+
+
+_EIGHT_DEVICE_IMAGES = """
+import sys
+from tests.test_experiment import grid_image_config
+from vibe_jax.experiment import train_and_evaluate
+import jax
+assert jax.device_count() == 8, jax.devices()
+train_and_evaluate(grid_image_config(sys.argv[1], sys.argv[2]), sys.argv[3])
+"""
+
+
+def grid_image_config(root: str, variant: str):
+  """The CIFAR-10 grid's runlocal experiment `variant` on the image folder `root`."""
+  config = cifar10.get_config(f"attack=blend,variant={variant},runlocal=1")
+  config.data.dataset, config.data.train_subset, config.data.test_subset = root, 0, 0
+  return config
+
+
+@pytest.mark.slow
+def test_eight_devices_image_stages_match_one_device(tmp_path):
+  """SSL pretraining, Leiden, the baseline and VIBE-SS (ss_f), and FM feature
+  extraction (fm_f), on eight simulated devices as on one."""
+  root = str(class_colour_folder(tmp_path / "data", per_class=8))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  for variant in ("ss_f", "fm_f"):
+    one, eight = tmp_path / f"one-{variant}", tmp_path / f"eight-{variant}"
+    train_and_evaluate(grid_image_config(root, variant), one)
+    subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_IMAGES, root, variant, str(eight)],
+                   check=True, cwd=ROOT, env=env)
+    stages = ("ssl", "baseline", "vibe") if variant == "ss_f" else ("baseline", "vibe")
+    for stage in stages:
+      a, b = saved_state(one, stage, 1 if stage == "ssl" else 2), saved_state(
+          eight, stage, 1 if stage == "ssl" else 2)
+      for x, y in zip(jax.tree_util.tree_leaves(a["params"]),
+                      jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=stage)
+    np.testing.assert_array_equal(np.load(one / "pseudo_labels.npy"),
+                                  np.load(eight / "pseudo_labels.npy"))
+    if variant == "fm_f":
+      with np.load(one / "features.npz") as f, np.load(eight / "features.npz") as g:
+        np.testing.assert_allclose(f["train_features"], g["train_features"], rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_images_without_a_backbone_are_refused(tmp_path):

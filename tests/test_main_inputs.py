@@ -134,6 +134,15 @@ CONFIG_CASES = [
     (("--config.seed=1",), "holds another run"),
     (("--config.num_steps=1000",), "num_steps 40 -> 1000"),
     (("unexpected",), "unexpected arguments"),
+    (("--config.data.placement=disk",), "config.data.placement must be one of"),
+    (("--config.data.device_share=0",), "config.data.device_share must be > 0"),
+    # Multi-host: settings that cannot work, and a coordinator nobody runs.
+    (("--num_processes=2", "--process_id=2", "--coordinator_address=127.0.0.1:1234"),
+     "--process_id must be in 0 .. 1"),
+    (("--coordinator_address=nohost",), "--coordinator_address must be host:port"),
+    (("--distributed=on",), "nothing says how to connect"),
+    (("--num_processes=2", "--process_id=1", "--coordinator_address=127.0.0.1:9",
+      "--distributed_timeout=2"), "cannot reach the coordinator at 127.0.0.1:9 within 2 s"),
 ]
 
 
@@ -219,6 +228,7 @@ def test_bad_data_stops_with_one_line_and_writes_no_result(tmp_path, inputs, arg
     ("configs/no_such_config.py", "{t}/run", "no_such_config.py' does not exist"),
     ("configs/quickstart.py", "{r}/a_file", "is a file, not a directory"),
     ("configs/quickstart.py", "/dev/null/run", "cannot create --workdir"),
+    ("configs/quickstart.py", "gs://bucket/run", "is a URL"),
 ])
 def test_bad_config_file_or_workdir_is_one_line(tmp_path, inputs, config, workdir, message):
   fill = lambda s: s.format(r=inputs, t=tmp_path)

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vibe_jax import files
+
 __all__ = ["Checkpointer", "state_checksum"]
 
 _log = logging.getLogger(__name__)
@@ -141,6 +143,10 @@ class Checkpointer:
     """Renames a bad step directory out of orbax's view, keeping its files."""
     source = self.directory / str(step)
     target = self.directory / f"corrupt-{step}-{int(time.time())}"
+    if not files.is_writer():
+      # Every process reads the same files and sets the same step aside; process 0
+      # alone moves it.
+      return target
     if source.exists():
       source.rename(target)
     # The record goes with the step, so a new save at this step gets its own.
@@ -158,6 +164,8 @@ class Checkpointer:
     return self.directory / "checksums" / f"{step}.json"
 
   def _write_checksum(self, step: int, digest: str, leaves: int) -> None:
+    if not files.is_writer():  # orbax saves with every process; the record is one file
+      return
     path = self._checksum_path(step)
     path.parent.mkdir(exist_ok=True)
     # Temp file + rename, so a reader never sees a half-written record.
@@ -183,7 +191,7 @@ class Checkpointer:
     """Removes records of steps that orbax deleted (`max_to_keep`) or never
     committed."""
     folder = self.directory / "checksums"
-    if not folder.is_dir():
+    if not folder.is_dir() or not files.is_writer():
       return
     live = set(self._manager.all_steps()) | set(keep)
     for path in folder.glob("*.json"):

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from vibe_jax import defenses, files, report, rundir
+from vibe_jax import defenses, files, parallel, report, rundir
 from vibe_jax.config import validate
 from vibe_jax.data.features import FeatureData
 from vibe_jax.data.load import Loaded, load_data
@@ -97,6 +97,8 @@ def _stage_outputs(workdir: pathlib.Path, loaded: Loaded) -> dict:
                   else int(data.train_poisoned.sum())}}
   if loaded.poisoning is not None:
     out["poisoning"] = str(workdir / "poisoning.json")
+  if data.is_images:
+    out["data"]["placement"] = loaded.placement
   return out
 
 
@@ -131,6 +133,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   validate(config)
   names = _names(config.defenses, defenses.names(), "defenses")
   figures = _names(config.evaluators, evaluators.names(), "evaluators")
+  if "://" in str(workdir):
+    raise InputError(f"--workdir {str(workdir)!r} is a URL; vibe_jax reads and writes the "
+                     "workdir through the filesystem: mount it (e.g. gcsfuse) and pass "
+                     "the path")
   workdir = pathlib.Path(workdir)
   config_json = json.loads(config.to_json_best_effort())
   fingerprint = rundir.config_fingerprint(config_json)
@@ -151,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     files.write_json(workdir / "config.json", config_json)
     if loaded.poisoning is not None:
       files.write_json(workdir / "poisoning.json", loaded.poisoning, None)
+    # Other processes read the workdir (checkpoints) only once process 0 has set it up.
+    parallel.sync("workdir ready")
     return _run(config, workdir, names, figures, loaded, origin, config_json)
 
 

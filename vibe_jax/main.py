@@ -2,7 +2,11 @@
 
 Config values are overridden with `--config.a.b=value`; `--fresh` moves an earlier
 run's files in the workdir aside instead of refusing a workdir that holds another
-run. Kept short on purpose: the logic lives in `vibe_jax.experiment`, importable and
+run. Several processes (hosts, or one per GPU) run the same command and join through
+JAX's multi-controller runtime (`vibe_jax.parallel.initialize`): `--distributed=auto`
+connects when `--coordinator_address/--num_processes/--process_id`, the environment
+(VIBE_JAX_COORDINATOR_ADDRESS, ...) or a detected cluster (SLURM, a TPU pod slice)
+says so; process 0 alone writes files. Kept short on purpose: the logic lives in `vibe_jax.experiment`, importable and
 tested.
 
 Exit codes: 0 done; 2 bad input (config, data, workdir, disk), with one line on
@@ -24,13 +28,25 @@ from absl import logging
 from ml_collections import config_flags
 import tqdm
 
-from vibe_jax import errors, experiment, report
+from vibe_jax import errors, experiment, files, parallel, report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 _FRESH = flags.DEFINE_bool("fresh", False, "Move an earlier run's files in --workdir to "
                            "previous-<time>/ instead of refusing a workdir of another run.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", list(parallel.MODES),
+    "Join a multi-process run: auto (when the flags below, VIBE_JAX_* variables or a "
+    "SLURM / TPU-pod environment say so), on (and fail otherwise), off.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 in a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index, 0 .. num_processes - 1.")
+_TIMEOUT = flags.DEFINE_float("distributed_timeout", 300.0,
+                              "Seconds to wait for the coordinator and the other processes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors of the environment the user controls: stopped with one line, exit 2.
@@ -91,7 +107,7 @@ def _error_log(workdir: str, text: str) -> str:
   returns where it went (for the one-line message)."""
   path = pathlib.Path(workdir) / "error.log"
   try:
-    if path.parent.is_dir():
+    if path.parent.is_dir() and files.is_writer():
       path.write_text(text)
       return f" (traceback in {path})"
   except OSError:
@@ -111,6 +127,15 @@ def main(argv):
     _die(f"FATAL config error: cannot load --config: {type(error).__name__}: {error}")
   workdir = _WORKDIR.value
   try:
+    topology = parallel.initialize(
+        mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+        timeout_s=_TIMEOUT.value)
+    if topology.process_count > 1:
+      std_logging.getLogger("vibe_jax").info(
+          "process %d of %d (%s), %d of %d devices", topology.process_index,
+          topology.process_count, topology.how, topology.local_device_count,
+          topology.device_count)
     results = experiment.train_and_evaluate(config, workdir, fresh=_FRESH.value)
   except errors.InputError as error:
     where = _error_log(workdir, traceback.format_exc())
@@ -121,8 +146,9 @@ def main(argv):
     where = _error_log(workdir, traceback.format_exc())
     name = f" {error.filename!r}" if error.filename else ""
     _die(f"FATAL: cannot read or write{name}: {error.strerror}{where}")
-  print(report.markdown_table(results["rows"]))
-  print(f"results in {os.path.join(workdir, 'results.json')}")
+  if files.is_writer():
+    print(report.markdown_table(results["rows"]))
+    print(f"results in {os.path.join(workdir, 'results.json')}")
 
 
 def run():

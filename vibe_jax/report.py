@@ -21,13 +21,16 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 class JsonLines:
-  """Appends one JSON object per call to a file (and keeps the file open)."""
+  """Appends one JSON object per call to a file (and keeps the file open); in a
+  process other than 0 (`files.is_writer`) it writes nothing."""
 
   def __init__(self, path: pathlib.Path):
     self.path = path
-    self._file = open(path, "a", encoding="utf-8")
+    self._file = open(path, "a", encoding="utf-8") if files.is_writer() else None
 
   def __call__(self, row: dict[str, Any]) -> None:
+    if self._file is None:
+      return
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
 
@@ -35,6 +38,8 @@ class JsonLines:
     """Drops the rows a resumed stage will write again: its "train" rows after
     `step` and its other events (E-steps, filtering) at or after `step`; the file
     is rewritten atomically."""
+    if self._file is None:
+      return
     rows = read_rows(self.path)
     keep = [r for r in rows if r.get("stage") != stage or
             (r.get("step", 0) <= step if r.get("event") == "train" else r.get("step", 0) < step)]
@@ -46,7 +51,8 @@ class JsonLines:
 
   def close(self) -> None:
     """Closes the file."""
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
 
 def _percent(value: Any) -> str:

@@ -34,9 +34,11 @@ __all__ = ["PRESENTATION", "config_fingerprint", "data_identity", "check_run",
 
 # Keys that change how a run looks, not what it computes. `defenses` and
 # `evaluators` choose which rows a run reports; each defense keeps its own
-# checkpoints, so adding one to a finished run is safe.
+# checkpoints, so adding one to a finished run is safe. Where the images live
+# (`data.placement` and its settings) changes the speed, not the batches.
 PRESENTATION = ("progress_bar", "log_every", "checkpoint.every", "checkpoint.max_to_keep",
-                "ssl.knn_every", "defenses", "evaluators", "data.skip_bad_images")
+                "ssl.knn_every", "defenses", "evaluators", "data.skip_bad_images",
+                "data.placement", "data.device_share", "data.prefetch")
 _RUN_FILE = "run.json"
 # What a run leaves in its workdir; `--fresh` moves these aside.
 _RUN_FILES = ("run.json", "config.json", "results.json", "results.md", "metrics.jsonl",
@@ -130,7 +132,7 @@ def move_aside(workdir: pathlib.Path) -> Optional[pathlib.Path]:
   """Moves an earlier run's files into `workdir/previous-<time>/`; returns it (None
   when there was nothing to move)."""
   present = [workdir / name for name in _RUN_FILES if (workdir / name).exists()]
-  if not present:
+  if not present or not files.is_writer():
     return None
   target = workdir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
   target.mkdir()
@@ -158,6 +160,9 @@ class WorkdirLock:
     self._file = None
 
   def __enter__(self) -> "WorkdirLock":
+    if not files.is_writer():
+      # A multi-process run is one run: process 0 holds the lock for all of them.
+      return self
     self._file = open(self.path, "a+", encoding="utf-8")
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -184,6 +189,8 @@ class WorkdirLock:
   def __exit__(self, *exc) -> None:
     # Removed before unlocking: a lock file that exists and is not locked was left
     # by a run that died.
+    if self._file is None:
+      return
     self.path.unlink(missing_ok=True)
     fcntl.flock(self._file, fcntl.LOCK_UN)
     self._file.close()

@@ -79,3 +79,34 @@ def test_every_grid_experiment_runs_one_step(tmp_path, tiny_folder, dataset, att
     with np.load(tmp_path / "features.npz") as features:
       assert features["train_features"].shape == (64, 128)  # small_cnn on 64 images
     assert len(labels) == 64 and not (tmp_path / "ssl").exists()
+
+
+def _imagenet_layout(root, classes: int, per_class: int, side: int = 72):
+  """ROOT/train/<wnid>/<wnid>_<i>.JPEG and ROOT/val/<wnid>/..., as ImageNet ships."""
+  rng = np.random.default_rng(1)
+  for split, n in (("train", per_class), ("val", 1)):
+    for c in range(classes):
+      wnid = f"n{1440764 + 17 * c:08d}"
+      (root / split / wnid).mkdir(parents=True)
+      for i in range(n):
+        pixels = np.clip(rng.normal(40 + 4 * c, 25, (side, side, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / wnid / f"{wnid}_{i}.JPEG")
+  return root
+
+
+@pytest.mark.slow
+def test_imagenet1k_runs_an_em_step_streaming_from_an_imagenet_layout_folder(tmp_path):
+  root = _imagenet_layout(tmp_path / "imagenet", classes=40, per_class=2)
+  config = importlib.import_module("configs.imagenet1k").get_config(
+      "attack=badnets,variant=ss_f,runlocal=1")
+  assert config.data.placement == "stream"
+  config.data.dataset, config.data.train_subset, config.data.test_subset = str(root), 0, 0
+  config.num_steps = 1
+  results = train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["stages"]["data"] == {"train": 80, "test": 40, "asr": 39, "classes": 40,
+                                       "poisoned": 8, "placement": "stream"}
+  estep = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()
+           if '"estep"' in line]
+  assert len(estep) == 1 and estep[0]["step"] == 0
+  assert (tmp_path / "run" / "vibe" / "checkpoints" / "1").is_dir()
+  assert all(math.isfinite(r["clean_acc"]) for r in results["rows"])

@@ -32,7 +32,7 @@ def test_frozen_backbone_features_are_extracted_once_and_cached(tmp_path):
   assert "backbone" not in state["params"]  # VIBE ran on the cached features
   # Another backbone: the cache is recomputed, not reused.
   config.model.backbone = "resnet18_cifar"
-  data, info, _ = load_data(config)  # extraction on its own, not a run: no workdir check
+  data, info = load_data(config)[:2]  # extraction on its own, not a run: no workdir check
   result = extract_features(config, data, Inputs(info), run)
   assert not result.cached and result.data.train_features.shape == (64, 512)
   assert np.load(run / "features.npz")["train_features"].shape == (64, 512)

@@ -40,6 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.l2_normalize = False  # spec quirk 3: True = the reference's cached features
   c.data.num_classes = 0  # K; 0 = the dataset's declared classes (features: max label + 1)
   c.data.skip_bad_images = False  # True: skip images that fail to decode (else fatal)
+  # images: "device" keeps the poisoned splits on the devices as uint8 (fastest for
+  # CIFAR); "stream" reads, poisons and batches them on the host, step by step;
+  # "auto" streams when they would take more than device_share of a device's memory.
+  c.data.placement = "auto"
+  c.data.device_share = 0.25
+  c.data.prefetch = 4  # streamed batches read ahead by host threads
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "F"  # "A": p(y|l); "F": p(y|l,x)
@@ -87,6 +93,9 @@ def check_base(c: ml_collections.ConfigDict) -> list[str]:
   p += ck.integer(c, "data.patch", 1, 8)
   p += ck.boolean(c, "data.l2_normalize") + ck.boolean(c, "data.skip_bad_images")
   p += ck.integer(c, "data.num_classes", 0)
+  p += ck.choice(c, "data.placement", ("auto", "device", "stream"))
+  p += ck.number(c, "data.device_share", 0.0, 1.0, low_open=True)
+  p += ck.integer(c, "data.prefetch", 1)
   if c.data.source == "digits" and not p:
     p += ck.integer(c, "data.target", 0, 9)
   p += ck.choice(c, "model.variant", ("A", "F"))

@@ -8,7 +8,8 @@ hyper-parameters are the reference's (spec 5, 7, 14) where it has them.
 
 Deviations, each a config value: the SSL length is given in steps. FM needs converted DINOv2 weights
 (`--config.model.backbone_weights=PATH.msgpack`, see vibe_jax/models/convert.py).
-`runlocal` shrinks everything (64 training images, a few steps, a small CNN as the
+ImageNet-1k always streams its images (`data.placement="stream"`); the others let
+`auto` decide. `runlocal` shrinks everything (64 training images, a few steps, a small CNN as the
 backbone of both SS and FM) for smoke tests.
 """
 
@@ -50,6 +51,9 @@ def experiment_config(dataset: str, arg: str | None) -> ml_collections.ConfigDic
 
   c = base_config()
   c.data.source, c.data.dataset, c.data.attack = "images", tfds_name, attack
+  if dataset == "imagenet1k":
+    # 1.28M images, 193 GB as uint8: read, poisoned and batched on the hosts.
+    c.data.placement = "stream"
   c.model.kappa = c.model.nu = kappa
   c.model.variant = variant[-1].upper()
   c.baseline.lr = 0.1  # no defense: supervised from scratch, cosine decay

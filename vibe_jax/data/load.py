@@ -11,8 +11,10 @@ config.data.source:
 """
 
 import logging
+import os
 from typing import NamedTuple, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -20,13 +22,14 @@ from vibe_jax import attacks, keyvalue
 from vibe_jax.data import device
 from vibe_jax.data.digits import badnets_digits
 from vibe_jax.data.features import FeatureData, load_npz
+from vibe_jax.data import rows as lazy
 from vibe_jax.data.poisoned import TriggeredTestSet, poison_train_set
 from vibe_jax.data.sources import (DatasetInfo, ImageSource, SubsetSource, dataset_info,
                                    decodable, open_source, stratified_subset)
 from vibe_jax.errors import InputError
 from vibe_jax.models.vmf import l2_normalize
 
-__all__ = ["Loaded", "load_data"]
+__all__ = ["Loaded", "load_data", "placement", "device_memory_bytes"]
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Loaded(NamedTuple):
   data: FeatureData
   info: Optional[DatasetInfo]
   poisoning: Optional[dict]
+  placement: str = "device"  # images: "device" (arrays) or "stream" (ImageRows)
 
 
 def _attack_params(text: str) -> dict:
@@ -76,6 +80,27 @@ def _declared(config, source_classes: int) -> int:
   return k or source_classes
 
 
+def device_memory_bytes() -> int:
+  """Memory of one local device: the accelerator's limit, or on a CPU host (which
+  reports none) the host's physical memory."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def placement(config: ml_collections.ConfigDict, num_images: int, side: int) -> str:
+  """"device" or "stream" for `num_images` uint8 images of side `side`:
+  `config.data.placement`, or for "auto", "stream" when they would take more than
+  `config.data.device_share` of one device's memory (every device holds a copy)."""
+  chosen = config.data.placement
+  if chosen != "auto":
+    return chosen
+  needed = num_images * side * side * 3
+  budget = config.data.device_share * device_memory_bytes()
+  return "stream" if needed > budget else "device"
+
+
 def _images(config: ml_collections.ConfigDict) -> Loaded:
   d = config.data
   info = dataset_info(d.dataset)
@@ -96,14 +121,27 @@ def _images(config: ml_collections.ConfigDict) -> Loaded:
   except (TypeError, ValueError) as error:
     raise InputError(f"config.data.attack {d.attack!r}: {error}") from error
   train = poison_train_set(train_source, attack)
-  arrays = device.train_arrays(train)
-  clean = device.clean_arrays(test_source)
-  asr = device.triggered_arrays(TriggeredTestSet(test_source, attack))
-  data = FeatureData(train_features=arrays.images, train_labels=arrays.labels,
-                     train_true_labels=arrays.true_labels, train_poisoned=arrays.poisoned,
-                     test_features=clean.images, test_labels=clean.labels,
-                     asr_features=asr.images, asr_labels=asr.labels, declared_classes=k)
-  return Loaded(data.validate(), info, train.metadata())
+  test = TriggeredTestSet(test_source, attack)
+  where = placement(config, len(train) + len(test_source) + len(test),
+                    train_source.image_size)
+  if where == "stream":
+    data = FeatureData(train_features=lazy.train_rows(train), train_labels=train.given_labels,
+                       train_true_labels=train.true_labels, train_poisoned=train.poisoned,
+                       test_features=lazy.clean_rows(test_source),
+                       test_labels=test_source.labels, asr_features=lazy.triggered_rows(test),
+                       asr_labels=test.labels, declared_classes=k)
+  else:
+    arrays = device.train_arrays(train)
+    clean = device.clean_arrays(test_source)
+    asr = device.triggered_arrays(test)
+    data = FeatureData(train_features=arrays.images, train_labels=arrays.labels,
+                       train_true_labels=arrays.true_labels, train_poisoned=arrays.poisoned,
+                       test_features=clean.images, test_labels=clean.labels,
+                       asr_features=asr.images, asr_labels=asr.labels, declared_classes=k)
+  _log.info("images: %d training, %d test, %d triggered test (%s)", len(train),
+            len(test_source), len(test), "read on demand" if where == "stream"
+            else "decoded once and kept on the devices")
+  return Loaded(data.validate(), info, train.metadata(), where)
 
 
 def load_data(config: ml_collections.ConfigDict) -> Loaded:

@@ -41,6 +41,13 @@ class VIBEModel(nn.Module):
     """Returns ln p(l|x) + ln p(y|l[,x]), shape (B, K); see `VIBEHead.log_joint`."""
     return self.head.log_joint(self.embed(x, train), y, uniform_p_yl)
 
+  def head_log_joint(
+      self, v: jax.Array, y: jax.Array, uniform_p_yl: bool = False
+  ) -> jax.Array:
+    """`log_joint` of features `v` already computed by `embed` (the streamed E-step
+    embeds the training set once, batch by batch)."""
+    return self.head.log_joint(v, y, uniform_p_yl)
+
   def prior(self) -> jax.Array:
     """Returns the learned class prior pi, shape (K,)."""
     return self.head.prior()

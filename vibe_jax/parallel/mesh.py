@@ -38,3 +38,4 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   if batch_size % devices:
     raise ValueError(f"batch size {batch_size} is not divisible by the {devices} "
                      "devices of the data axis")
+

@@ -11,6 +11,7 @@ import numpy as np
 
 from vibe_jax import files, leiden
 from vibe_jax.data.features import FeatureData
+from vibe_jax.data.rows import take
 from vibe_jax.report import JsonLines
 
 __all__ = ["OutlierResult", "filter_outliers"]
@@ -55,7 +56,7 @@ def filter_outliers(c: ml_collections.ConfigDict, features: np.ndarray, data: Fe
             report["clusters"], report["removed_cluster"], report["removed_examples"],
             removed_poisoned)
   pick = lambda a: None if a is None else a[keep]
-  kept = data._replace(train_features=data.train_features[keep],
+  kept = data._replace(train_features=take(data.train_features, keep),
                        train_labels=data.train_labels[keep],
                        train_true_labels=pick(data.train_true_labels),
                        train_poisoned=pick(data.train_poisoned))

@@ -3,7 +3,8 @@ state, batch sources, input preparation, the classifier, inference compiled once
 and the evaluators."""
 
 from vibe_jax.train import evaluators
-from vibe_jax.train.batches import BatchSource, DeviceArrays, IndexBatches
+from vibe_jax.train.batches import (BatchSource, DeviceArrays, IndexBatches, StreamBatches,
+                                    batch_source)
 from vibe_jax.train.inference import Inference
 from vibe_jax.train.inputs import Inputs
 from vibe_jax.train.knn import knn_accuracy
@@ -12,6 +13,7 @@ from vibe_jax.train.model import (build_model, classifier_state, initial_feature
                                   initial_variables)
 from vibe_jax.train.state import TrainState, variables
 
-__all__ = ["evaluators", "BatchSource", "DeviceArrays", "IndexBatches", "Inference",
+__all__ = ["evaluators", "BatchSource", "DeviceArrays", "IndexBatches", "StreamBatches",
+           "batch_source", "Inference",
            "Inputs", "knn_accuracy", "Hook", "LoopSettings", "fit", "stage_seconds", "build_model",
            "classifier_state", "initial_features", "initial_variables", "TrainState", "variables"]

@@ -5,7 +5,7 @@ future defense run through `fit`.
 (replicated, donated to each step) and the batch source's arrays on the mesh, and
 runs steps `start .. num_steps - 1`. Step t draws its key as fold_in(key, t)
 inside jit (no host sync) and reads the batch the source gives for t, so a resumed
-run repeats an uninterrupted one exactly. Metrics stay on the device until a log
+run repeats an uninterrupted one exactly (and reads no batch before t). Metrics stay on the device until a log
 step, where they are averaged into one JSON line; hooks run before steps (VIBE's
 E-step) and at log steps (the kNN monitor).
 """
@@ -165,10 +165,13 @@ def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict
 
   window = []  # metrics of the steps since the last log line, averaged there
   bar = _Bar(name, start, settings.num_steps, settings.progress_bar)
+  inputs = source.steps(start, settings.num_steps)
   for t in range(start, settings.num_steps):
     for hook in hooks:
       state = hook.before_step(t, state, arrays)
-    state, metrics = step(state, arrays, source.step_input(t))
+    # Each process holds only its rows of the batch; together they form one array.
+    step_input = parallel.global_batch(next(inputs), mesh)
+    state, metrics = step(state, arrays, step_input)
     window.append(metrics)  # device arrays: no host sync until the log line
     done = t + 1
     bar.step(done)

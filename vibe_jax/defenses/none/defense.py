@@ -17,7 +17,7 @@ from vibe_jax import mstep
 from vibe_jax import checks
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build_classifier,
                                     grouped_sgd, initial_classifier, register)
-from vibe_jax.train import (DeviceArrays, LoopSettings, classifier_state, fit, stage_seconds,
+from vibe_jax.train import (LoopSettings, batch_source, classifier_state, fit, stage_seconds,
                             variables)
 
 __all__ = ["NoDefense", "optimizer"]
@@ -52,8 +52,8 @@ class NoDefense(Defense):
     init_vars, features = initial_classifier(ctx, model, config.model.backbone_weights)
     state = classifier_state(init_vars, features, data.train_labels, data.num_classes,
                              optimizer(config), config.seed)
-    source = DeviceArrays({"x": data.train_features, "y": data.train_labels},
-                          config.batch_size, config.seed)
+    source = batch_source({"x": data.train_features, "y": data.train_labels},
+                          config.batch_size, config.seed, config.data.prefetch)
     state = fit(name="baseline", state=state,
                 step_fn=ctx.inputs.augmenting(mstep.make_baseline_step(model)),
                 source=source, settings=LoopSettings.from_config(config),

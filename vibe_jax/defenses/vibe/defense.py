@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vibe_jax import files, mstep
+from vibe_jax import files, mstep, parallel
 from vibe_jax import checks as ck
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build_classifier,
                                     grouped_sgd, initial_classifier, register)
@@ -23,7 +23,7 @@ from vibe_jax.defenses.vibe.estep_hook import EStepHook, pseudo_label_metrics
 from vibe_jax.errors import InputError
 from vibe_jax.stages import filter_outliers
 from vibe_jax.stages.ssl import pretrain
-from vibe_jax.train import (DeviceArrays, LoopSettings, classifier_state, fit, stage_seconds,
+from vibe_jax.train import (LoopSettings, batch_source, classifier_state, fit, stage_seconds,
                             variables)
 
 __all__ = ["VIBE"]
@@ -130,14 +130,14 @@ class VIBE(Defense):
     state = classifier_state(init_vars, features, data.train_labels, ctx.data.num_classes,
                              grouped_sgd(config.optim), config.seed,
                              extra={"pseudo_labels": jnp.asarray(data.train_labels, jnp.int32)})
-    source = DeviceArrays({"x": data.train_features, "y": data.train_labels},
-                          config.batch_size, config.seed)
+    source = batch_source({"x": data.train_features, "y": data.train_labels},
+                          config.batch_size, config.seed, config.data.prefetch)
     state = fit(name="vibe", state=state,
                 step_fn=ctx.inputs.augmenting(mstep.make_vibe_step(model)), source=source,
                 settings=LoopSettings.from_config(config), workdir=ctx.workdir, log=ctx.log,
                 key=jax.random.PRNGKey(config.seed),
                 hooks=[EStepHook(model, ctx.inputs, config.estep, data, ctx.log)])
-    labels = np.asarray(state.extra["pseudo_labels"])
+    labels = parallel.to_host(state.extra["pseudo_labels"])
     path = ctx.workdir / "pseudo_labels.npy"
     files.save_with(path, lambda tmp: np.save(tmp, labels))
     row.update({f"pseudo_{k}": v for k, v in pseudo_label_metrics(labels, data).items()})

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vibe_jax import files
+from vibe_jax import files, parallel
 from vibe_jax.data import device
 from vibe_jax.data.features import FeatureData
 from vibe_jax.data.sources import DatasetInfo
@@ -26,8 +26,8 @@ from vibe_jax.models.backbones import build_backbone
 from vibe_jax.models.convert import save_variables
 from vibe_jax.report import JsonLines
 from vibe_jax.stages.ssl import base
-from vibe_jax.train import (DeviceArrays, Hook, Inference, Inputs, LoopSettings, evaluators,
-                            fit, stage_seconds, variables)
+from vibe_jax.train import (Hook, Inference, Inputs, LoopSettings, batch_source,
+                            evaluators, fit, stage_seconds, variables)
 
 __all__ = ["SSLResult", "pretrain"]
 
@@ -81,11 +81,13 @@ def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: Dataset
                      device.normalize(jnp.asarray(data.train_features[:2]), info))
   settings = LoopSettings.from_config(config, num_steps=c.num_steps)
   monitor = KNNMonitor(parts.model, Inputs(info), data, c.knn_every, c.num_steps)
-  source = DeviceArrays({"x": data.train_features}, c.batch_size, (config.seed, 0x551))
+  source = batch_source({"x": data.train_features}, c.batch_size, (config.seed, 0x551),
+                        config.data.prefetch)
   state = fit(name="ssl", state=state, step_fn=parts.step, source=source,
               settings=settings, workdir=workdir, log=log,
               key=jax.random.PRNGKey(config.seed + 2), hooks=[monitor])
   path = workdir / "ssl" / "backbone.msgpack"
   files.save_with(path, lambda tmp: save_variables(
-      jax.device_get(parts.backbone_variables(state)), tmp))
+      parallel.to_host(parts.backbone_variables(state)), tmp))
+  parallel.sync("ssl backbone saved")  # every process loads what process 0 wrote
   return SSLResult(path, c.num_steps, stage_seconds(workdir, "ssl"), monitor.last_value)

@@ -1,0 +1,1 @@
+"""Tests of vibe_jax.parallel."""
