@@ -2,8 +2,8 @@
 
 Builds an ImageNet-layout image folder (ROOT/train/<wnid>/*.JPEG, ROOT/val/...)
 at 1x and 10x the images, and runs the imagenet1k experiment (runlocal: the
-small CNN, a few steps, every stage: SSL, Leiden, EM with its E-step over the
-whole training set, evaluation) on each with `data.placement` "stream" and
+small CNN, 4 EM steps, every stage: SSL, Leiden, EM with two E-steps over the
+whole training set, evaluation; evaluation passes of `eval_batch_size` 256 images) on each with `data.placement` "stream" and
 "device", each run in its own process. Prints the peak resident memory of each
 run: streamed, it should stay flat (the images are read batch by batch); device-
 resident, it grows with the pixels (N x 224 x 224 x 3 bytes, plus copies).
@@ -47,7 +47,7 @@ def child(root: str, placement: str, workdir: str) -> dict:
   config = imagenet1k.get_config("attack=badnets,variant=ss_f,runlocal=1")
   config.data.dataset, config.data.placement = root, placement
   config.data.train_subset = config.data.test_subset = 0
-  config.num_steps = 4
+  config.num_steps, config.estep.period = 4, 2  # E-steps before steps 0 and 2
   began = time.time()
   results = train_and_evaluate(config, workdir)
   return {"placement": placement, "train_images": results["stages"]["data"]["train"],

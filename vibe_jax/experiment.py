@@ -182,7 +182,8 @@ def _run(config, workdir: pathlib.Path, names: list[str], figure_names: list[str
     for name in names:
       outcome = defenses.build(name).run(ctx)
       began = time.time()
-      figures = evaluators.evaluate(figure_names, Inference(outcome.model, outcome.inputs),
+      figures = evaluators.evaluate(figure_names, Inference(outcome.model, outcome.inputs,
+                                                               config.eval_batch_size),
                                     outcome.variables, data)
       wall = outcome.seconds + time.time() - began
       rows.append({"method": outcome.method, **figures, "wall_time_s": round(wall, 2),

@@ -35,10 +35,11 @@ __all__ = ["PRESENTATION", "config_fingerprint", "data_identity", "check_run",
 # Keys that change how a run looks, not what it computes. `defenses` and
 # `evaluators` choose which rows a run reports; each defense keeps its own
 # checkpoints, so adding one to a finished run is safe. Where the images live
-# (`data.placement` and its settings) changes the speed, not the batches.
+# (`data.placement` and its settings) changes the speed, not the batches; the
+# evaluation batch changes how many rows a pass holds, not what each row gives.
 PRESENTATION = ("progress_bar", "log_every", "checkpoint.every", "checkpoint.max_to_keep",
                 "ssl.knn_every", "defenses", "evaluators", "data.skip_bad_images",
-                "data.placement", "data.device_share", "data.prefetch")
+                "data.placement", "data.device_share", "data.prefetch", "eval_batch_size")
 _RUN_FILE = "run.json"
 # What a run leaves in its workdir; `--fresh` moves these aside.
 _RUN_FILES = ("run.json", "config.json", "results.json", "results.md", "metrics.jsonl",

@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.num_steps = 15_000
   c.batch_size = 1024
+  # Rows per evaluation-mode pass (features, E-step features, evaluators), split over
+  # a process's devices; it bounds the memory of those passes (activations).
+  c.eval_batch_size = 256
   c.log_every = 250
   c.progress_bar = True
 
@@ -107,6 +110,7 @@ def check_base(c: ml_collections.ConfigDict) -> list[str]:
     p += ck.number(c, f"optim.lr.{group}", 0.0) + ck.boolean(c, f"optim.frozen.{group}")
   p += ck.number(c, "optim.momentum", 0.0, 1.0) + ck.number(c, "optim.weight_decay", 0.0)
   p += ck.integer(c, "num_steps", 1) + ck.integer(c, "batch_size", 1)
+  p += ck.integer(c, "eval_batch_size", 1)
   p += ck.integer(c, "log_every", 1) + ck.boolean(c, "progress_bar")
   p += ck.integer(c, "checkpoint.every", 1) + ck.integer(c, "checkpoint.max_to_keep", 1)
   return p

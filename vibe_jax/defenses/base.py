@@ -120,7 +120,8 @@ def initial_classifier(ctx: DefenseContext, model: VIBEModel, weights: Optional[
   initialised from (and what outlier filtering clusters)."""
   sample = ctx.inputs.eval(jnp.asarray(ctx.data.train_features[:1]))
   variables = initial_variables(model, sample, ctx.config.seed, weights)
-  return variables, initial_features(model, variables, ctx.data.train_features, ctx.inputs)
+  return variables, initial_features(model, variables, ctx.data.train_features, ctx.inputs,
+                                     ctx.config.eval_batch_size)
 
 
 def grouped_sgd(optim: ml_collections.ConfigDict, learning_rates: Optional[dict] = None):

@@ -65,7 +65,7 @@ def extract_features(config: ml_collections.ConfigDict, data: FeatureData, input
   model = build_model(config.model, data.num_classes, backbone=config.model.backbone)
   variables = initial_variables(model, inputs.eval(jnp.asarray(data.train_features[:1])),
                                 config.seed, config.model.backbone_weights)
-  inference = Inference(model, inputs)
+  inference = Inference(model, inputs, config.eval_batch_size)
   embed = lambda x: None if x is None else inference.embed(variables, x)
   features = data._replace(train_features=embed(data.train_features),
                            test_features=embed(data.test_features),

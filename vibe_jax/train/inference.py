@@ -50,7 +50,7 @@ class Inference:
   """`embed` and `accuracy` of `model` (which has an `embed` method and returns
   class scores when called) on inputs prepared by `inputs.eval`."""
 
-  def __init__(self, model: nn.Module, inputs: Inputs = Inputs(), batch_size: int = 1024,
+  def __init__(self, model: nn.Module, inputs: Inputs = Inputs(), batch_size: int = 256,
                read_ahead: int = 2):
     self.read_ahead = read_ahead
     self._mesh = parallel.data_mesh(jax.local_devices())

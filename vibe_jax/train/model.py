@@ -69,9 +69,9 @@ def classifier_state(variables: dict[str, Any], features: np.ndarray, labels: np
 
 
 def initial_features(model: VIBEModel, variables: dict[str, Any], inputs: np.ndarray,
-                     prep: Inputs) -> np.ndarray:
+                     prep: Inputs, batch_size: int = 256) -> np.ndarray:
   """The training features the head is initialised from: the backbone's
   (evaluation mode) under `variables`, or `inputs` themselves without a backbone."""
   if model.backbone is None:
     return inputs
-  return Inference(model, prep).embed(variables, inputs)
+  return Inference(model, prep, batch_size).embed(variables, inputs)

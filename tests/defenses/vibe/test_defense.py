@@ -42,3 +42,25 @@ def test_leiden_filtering_runs_before_vibe(tmp_path):
   assert results["rows"][-1]["leiden_removed"] == report["removed_examples"]
   state = saved_state(tmp_path / "run", "vibe", 10)
   assert state["extra"]["pseudo_labels"].shape == (kept,)
+
+
+def test_e_step_solvers_give_the_pseudo_labels_of_ott(tmp_path):
+  """Our blocked Sinkhorn, and log P recomputed from the features in every iteration
+  (on device-resident images, and from the streamed E-step's row-sharded features),
+  give the labels of the default ott-jax E-step."""
+  root = class_colour_folder(tmp_path / "data", per_class=8)
+  runs = {"ott": ("ott", False, "device"), "blocked": ("blocked", False, "device"),
+          "recompute": ("ott", True, "device"), "streamed": ("blocked", True, "stream")}
+  for name, (solver, recompute, placement) in runs.items():
+    config = image_config(root, steps=10)
+    config.estep.solver, config.estep.recompute = solver, recompute
+    config.data.placement, config.estep.period = placement, 5
+    train_and_evaluate(config, tmp_path / name)
+  rows = {n: [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").open()
+              if '"estep"' in line] for n in runs}
+  for name in runs:
+    np.testing.assert_array_equal(np.load(tmp_path / "ott" / "pseudo_labels.npy"),
+                                  np.load(tmp_path / name / "pseudo_labels.npy"), err_msg=name)
+    assert len(rows[name]) == 2 and all(r["sinkhorn_converged"] for r in rows[name])
+    assert [r["given_agreement"] for r in rows[name]] == [
+        r["given_agreement"] for r in rows["ott"]]

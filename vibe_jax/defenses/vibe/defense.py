@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vibe_jax import files, mstep, parallel
+from vibe_jax import estep, files, mstep, parallel
 from vibe_jax import checks as ck
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build_classifier,
                                     grouped_sgd, initial_classifier, register)
@@ -39,6 +39,12 @@ def _add_estep(c: ml_collections.ConfigDict) -> None:
   c.estep.reference_iterations = False  # True: exactly 10,001 iterations (quirk 1)
   c.estep.uniform_first = True  # uniform p(y|l) at the first E-step (quirk 8)
   c.estep.chunk_size = 8192  # rows of log P computed at a time
+  # "ott": ott-jax's Sinkhorn (the reference's algorithm); "blocked": ours over row
+  # blocks, no N x K temporary (benchmarks/estep.py; same labels to 99.99%).
+  c.estep.solver = "ott"
+  # True: never hold log P; recompute its rows from the features in every
+  # Sinkhorn iteration (memory O(N x D), for label sets far larger than 1,000).
+  c.estep.recompute = False
 
 
 def _check_estep(c: ml_collections.ConfigDict) -> list[str]:
@@ -46,7 +52,9 @@ def _check_estep(c: ml_collections.ConfigDict) -> list[str]:
           + ck.number(c, "estep.threshold", 0.0, low_open=True)
           + ck.integer(c, "estep.max_iterations", 1) + ck.integer(c, "estep.inner_iterations", 1)
           + ck.boolean(c, "estep.reference_iterations") + ck.boolean(c, "estep.uniform_first")
-          + ck.integer(c, "estep.chunk_size", 1))
+          + ck.integer(c, "estep.chunk_size", 1)
+          + ck.choice(c, "estep.solver", list(estep.SOLVERS))
+          + ck.boolean(c, "estep.recompute"))
 
 
 def _add_ssl(c: ml_collections.ConfigDict) -> None:
@@ -136,7 +144,8 @@ class VIBE(Defense):
                 step_fn=ctx.inputs.augmenting(mstep.make_vibe_step(model)), source=source,
                 settings=LoopSettings.from_config(config), workdir=ctx.workdir, log=ctx.log,
                 key=jax.random.PRNGKey(config.seed),
-                hooks=[EStepHook(model, ctx.inputs, config.estep, data, ctx.log)])
+                hooks=[EStepHook(model, ctx.inputs, config.estep, data, ctx.log,
+                                 eval_batch_size=config.eval_batch_size)])
     labels = parallel.to_host(state.extra["pseudo_labels"])
     path = ctx.workdir / "pseudo_labels.npy"
     files.save_with(path, lambda tmp: np.save(tmp, labels))

@@ -54,25 +54,43 @@ class EStepHook(Hook):
   """
 
   def __init__(self, model: VIBEModel, inputs: Inputs, c: ml_collections.ConfigDict,
-               data: FeatureData, log: Callable[[dict], None], stage: str = "vibe"):
+               data: FeatureData, log: Callable[[dict], None], stage: str = "vibe",
+               eval_batch_size: int = 256):
     self._c, self._data, self._log, self._stage = c, data, log, stage
+    self._eval_batch_size = eval_batch_size
     self._model, self._inputs = model, inputs
     sinkhorn = dict(epsilon=c.epsilon, threshold=c.threshold,
                     max_iterations=c.max_iterations, inner_iterations=c.inner_iterations,
                     reference_iterations=c.reference_iterations)
+    self._sinkhorn = sinkhorn
+
+    # Through a backbone, a chunk's activations are what bounds memory: chunks of
+    # images are no larger than an evaluation batch.
+    chunk = c.chunk_size if model.backbone is None else min(c.chunk_size, eval_batch_size)
 
     # The dataset is an argument, not a closure: closed-over arrays would be baked
     # into the compiled program as constants.
     @functools.partial(jax.jit, static_argnums=3)
     def run(variables_, x, y, uniform_p_yl):
+      prior = model.apply(variables_, method="prior")
+      if c.recompute:
+        embed = lambda xs, _: model.apply(variables_, inputs.eval(xs), method="embed")
+        v = estep.dataset_log_joint(embed, x, y, chunk_size=chunk)
+        return self._from_features(variables_, v, y, uniform_p_yl, prior, None)
       fn = lambda xs, ys: model.apply(variables_, inputs.eval(xs), ys, uniform_p_yl,
                                       method="log_joint")
-      log_p = estep.dataset_log_joint(fn, x, y, chunk_size=c.chunk_size)
-      return estep.pseudo_labels(log_p, model.apply(variables_, method="prior"), **sinkhorn)
+      log_p = estep.dataset_log_joint(fn, x, y, chunk_size=chunk)
+      return estep.pseudo_labels(log_p, prior, solver=c.solver, **sinkhorn)
 
     self._run = run
-    self._sinkhorn = sinkhorn
     self._streamed = None  # built at the first streamed E-step (needs the mesh)
+
+  def _from_features(self, variables_, v, y, uniform_p_yl, prior, num_rows):
+    """The E-step that recomputes log P's rows from the features (`estep.recompute`)."""
+    fn = lambda vs, ys: self._model.apply(variables_, vs, ys, uniform_p_yl,
+                                          method="head_log_joint")
+    return estep.pseudo_labels_from_features(fn, v, y, prior, num_rows=num_rows,
+                                             **self._sinkhorn)
 
   def _streamed_run(self, mesh):
     """The jitted E-step from row-sharded features (the streamed path)."""
@@ -80,6 +98,12 @@ class EStepHook(Hook):
 
     @functools.partial(jax.jit, static_argnums=(3, 4))
     def run(variables_, v, y, uniform_p_yl, num_rows):
+      prior = model.apply(variables_, method="prior")
+      if c.recompute:
+        result = self._from_features(variables_, v, y, uniform_p_yl, prior, num_rows)
+        return result._replace(labels=jax.lax.with_sharding_constraint(
+            result.labels, parallel.replicated(mesh)))
+
       def local_log_p(v_, y_):
         fn = lambda vs, ys: model.apply(variables_, vs, ys, uniform_p_yl,
                                         method="head_log_joint")
@@ -89,8 +113,8 @@ class EStepHook(Hook):
       # jit the loop's dynamic slices would gather rows across devices.
       log_p = jax.shard_map(local_log_p, mesh=mesh, in_specs=(rows, rows), out_specs=rows,
                             check_vma=False)(v, y)
-      result = estep.pseudo_labels(log_p, model.apply(variables_, method="prior"),
-                                   num_rows=num_rows, **self._sinkhorn)
+      result = estep.pseudo_labels(log_p, prior, num_rows=num_rows, solver=c.solver,
+                                   **self._sinkhorn)
       # The M-step gathers labels at any row: every device keeps all N int32s.
       return result._replace(labels=jax.lax.with_sharding_constraint(
           result.labels, parallel.replicated(mesh)))
@@ -102,7 +126,8 @@ class EStepHook(Hook):
     block of rows), as one array sharded by rows, then the sharded E-step."""
     mesh = parallel.data_mesh()
     if self._streamed is None:
-      self._streamed = (self._streamed_run(mesh), Inference(self._model, self._inputs))
+      self._streamed = (self._streamed_run(mesh), Inference(self._model, self._inputs,
+                                                                 self._eval_batch_size))
     run, inference = self._streamed
     x, labels = self._data.train_features, self._data.train_labels
     n, devices = len(labels), mesh.shape[parallel.DATA_AXIS]

@@ -52,8 +52,9 @@ class SSLResult:
 class KNNMonitor(Hook):
   """Adds the kNN accuracy of the backbone's features to every `every`-th log row."""
 
-  def __init__(self, model, inputs: Inputs, data: FeatureData, every: int, last: int):
-    self._inference = Inference(model, inputs)  # compiled once for the whole stage
+  def __init__(self, model, inputs: Inputs, data: FeatureData, every: int, last: int,
+               batch_size: int = 256):
+    self._inference = Inference(model, inputs, batch_size)  # compiled once for the stage
     self._data, self._every, self._last = data, every, last
     self.last_value = None
 
@@ -80,7 +81,8 @@ def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: Dataset
   state = parts.init(jax.random.PRNGKey(config.seed + 1),
                      device.normalize(jnp.asarray(data.train_features[:2]), info))
   settings = LoopSettings.from_config(config, num_steps=c.num_steps)
-  monitor = KNNMonitor(parts.model, Inputs(info), data, c.knn_every, c.num_steps)
+  monitor = KNNMonitor(parts.model, Inputs(info), data, c.knn_every, c.num_steps,
+                       config.eval_batch_size)
   source = batch_source({"x": data.train_features}, c.batch_size, (config.seed, 0x551),
                         config.data.prefetch)
   state = fit(name="ssl", state=state, step_fn=parts.step, source=source,
