@@ -52,8 +52,10 @@ def experiment_config(dataset: str, arg: str | None) -> ml_collections.ConfigDic
   c = base_config()
   c.data.source, c.data.dataset, c.data.attack = "images", tfds_name, attack
   if dataset == "imagenet1k":
-    # 1.28M images, 193 GB as uint8: read, poisoned and batched on the hosts.
-    c.data.placement = "stream"
+    # 1.28M images, 193 GB as uint8: read, poisoned and batched on the hosts; the
+    # E-step by our blocked Sinkhorn (1.1x the matrix at its peak where ott-jax
+    # needs about 4x; benchmarks/results/estep_blocked_cpu_2core.md).
+    c.data.placement, c.estep.solver = "stream", "blocked"
   c.model.kappa = c.model.nu = kappa
   c.model.variant = variant[-1].upper()
   c.baseline.lr = 0.1  # no defense: supervised from scratch, cosine decay

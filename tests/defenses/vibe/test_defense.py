@@ -48,13 +48,13 @@ def test_e_step_solvers_give_the_pseudo_labels_of_ott(tmp_path):
   """Our blocked Sinkhorn, and log P recomputed from the features in every iteration
   (on device-resident images, and from the streamed E-step's row-sharded features),
   give the labels of the default ott-jax E-step."""
-  root = class_colour_folder(tmp_path / "data", per_class=8)
+  root = class_colour_folder(tmp_path / "data", per_class=4)
   runs = {"ott": ("ott", False, "device"), "blocked": ("blocked", False, "device"),
           "recompute": ("ott", True, "device"), "streamed": ("blocked", True, "stream")}
   for name, (solver, recompute, placement) in runs.items():
-    config = image_config(root, steps=10)
+    config = image_config(root, steps=6)
     config.estep.solver, config.estep.recompute = solver, recompute
-    config.data.placement, config.estep.period = placement, 5
+    config.data.placement, config.estep.period, config.checkpoint.every = placement, 3, 6
     train_and_evaluate(config, tmp_path / name)
   rows = {n: [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").open()
               if '"estep"' in line] for n in runs}
