@@ -19,6 +19,7 @@ workdir (the ones replaced whole are written atomically):
 """
 
 import json
+import logging
 import os
 import pathlib
 import time
@@ -37,6 +38,8 @@ from vibe_jax.stages import extract_features
 from vibe_jax.train import Inference, Inputs, evaluators
 
 __all__ = ["train_and_evaluate"]
+
+_log = logging.getLogger(__name__)
 
 def _names(text: str, known: list[str], what: str) -> list[str]:
   names = [n.strip() for n in text.split(",") if n.strip()]
@@ -152,6 +155,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     else:
       rundir.check_run(workdir, fingerprint, identity)
     # Past validation: from here on this run owns the workdir's files.
+    if loaded.data.is_images:
+      _log.info("images: %d training, %d test (%s)", len(loaded.data.train_labels),
+                len(loaded.data.test_labels), "read on demand" if loaded.placement == "stream"
+                else "decoded once and kept on the devices")
     origin = provenance()  # at the start: the code that runs, not the code at the end
     rundir.record_run(workdir, fingerprint, identity, origin["commit"])
     files.write_json(workdir / "config.json", config_json)

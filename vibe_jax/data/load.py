@@ -138,9 +138,6 @@ def _images(config: ml_collections.ConfigDict) -> Loaded:
                        train_true_labels=arrays.true_labels, train_poisoned=arrays.poisoned,
                        test_features=clean.images, test_labels=clean.labels,
                        asr_features=asr.images, asr_labels=asr.labels, declared_classes=k)
-  _log.info("images: %d training, %d test, %d triggered test (%s)", len(train),
-            len(test_source), len(test), "read on demand" if where == "stream"
-            else "decoded once and kept on the devices")
   return Loaded(data.validate(), info, train.metadata(), where)
 
 
