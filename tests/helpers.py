@@ -79,6 +79,24 @@ def clusters(seed=0, n_per_class=60, k=4, d=12, rate=0.15) -> FeatureData:
                      np.zeros(len(asr), np.int32))
 
 
+def planted(seed=0, n=60, k=4, d=12, rate=0.15, signal=0.2) -> FeatureData:
+  """A hard clean task (class centres weak against the noise) and planted poisoned
+  examples that are easy: a tight cluster along one axis, labelled 0."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(k, d)) * signal
+  centres[:, -1] = 0.0
+  clean = lambda y: (centres[y] + rng.normal(size=(len(y), d))).astype(np.float32)
+  trigger = lambda m: (np.eye(d)[-1] * 4 + 0.1 * rng.normal(size=(m, d))).astype(np.float32)
+  true = np.repeat(np.arange(k), n)
+  x = clean(true)
+  poisoned = np.zeros(len(true), bool)
+  poisoned[rng.choice(np.flatnonzero(true != 0), int(rate * len(true)), replace=False)] = True
+  x[poisoned] = trigger(poisoned.sum())
+  test_y = np.repeat(np.arange(k), 20)
+  return FeatureData(x, np.where(poisoned, 0, true), clean(test_y), test_y, true, poisoned,
+                     trigger(60), np.zeros(60, np.int32))
+
+
 def feature_config():
   """VIBE-A on feature vectors, 60 steps, VIBE only."""
   config = vibe_a_features.get_config()

@@ -15,7 +15,8 @@ workdir (the ones replaced whole are written atomically):
   metrics.jsonl    one JSON line per logged step, E-step and stage event;
   results.json     rows, each stage's outputs, provenance, seed, config;
   results.md       the rows as a Markdown table with provenance;
-  curves.png       losses and pseudo-label quality against the step.
+  curves.png       losses and pseudo-label quality against the step;
+  comparison.png   ACC and ASR of every defense, as bars.
 """
 
 import json
@@ -151,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     _check_against_data(config, names, loaded.data)
     identity = _identity(loaded.data)
     if fresh:
-      rundir.move_aside(workdir)
+      rundir.move_aside(workdir, [e for n in names
+                                  for e in defenses.build(n).workdir_entries])
     else:
       rundir.check_run(workdir, fingerprint, identity)
     # Past validation: from here on this run owns the workdir's files.
@@ -203,4 +205,7 @@ def _run(config, workdir: pathlib.Path, names: list[str], figure_names: list[str
              "config": config_json}
   report.write_results(workdir, results)
   report.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+  attack = config.data.attack if data.train_poisoned is not None else ""
+  report.plot_comparison(rows, workdir / "comparison.png",
+                         f"{pathlib.Path(config.data.dataset).name or config.data.source} {attack}".strip())
   return results

@@ -20,6 +20,7 @@ __all__ = [
     "vibe_loss",
     "make_vibe_step",
     "make_baseline_step",
+    "apply_in_training",
 ]
 
 GROUPS = ("backbone", "mu", "eta", "prior")
@@ -44,6 +45,7 @@ def make_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     frozen: tuple[str, ...] = (),
+    nesterov: bool = False,
 ) -> optax.GradientTransformation:
   """Grouped SGD equal to torch.optim.SGD with one param group per GROUPS entry.
 
@@ -56,6 +58,7 @@ def make_optimizer(
     momentum: heavy-ball momentum.
     weight_decay: coupled L2 coefficient.
     frozen: group names that must not move.
+    nesterov: Nesterov momentum (torch's `nesterov=True`; ABL and CBD use it).
 
   Returns:
     An optax transformation over the params pytree.
@@ -72,7 +75,8 @@ def make_optimizer(
       raise ValueError(f"no learning rate for parameter group '{group}'")
     transforms[group] = optax.chain(
         optax.add_decayed_weights(weight_decay),
-        optax.sgd(learning_rates[group], momentum=momentum or None),
+        optax.sgd(learning_rates[group], momentum=momentum or None,
+                  nesterov=bool(nesterov and momentum)),
     )
   return optax.multi_transform(transforms, param_groups)
 
@@ -83,8 +87,9 @@ def vibe_loss(log_joint: jax.Array, pseudo_labels: jax.Array) -> jax.Array:
   return -jnp.mean(picked)
 
 
-def _apply(model: nn.Module, state, params: Any, method: str, *args):
-  """Runs `model.<method>` in training mode, updating BatchNorm statistics."""
+def apply_in_training(model: nn.Module, state, params: Any, method: str, *args):
+  """Runs `model.<method>` in training mode; returns (output, new BatchNorm
+  statistics) (the statistics unchanged without BatchNorm)."""
   variables = {"params": params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
@@ -108,7 +113,7 @@ def make_vibe_step(model: nn.Module) -> Callable[[Any, dict], tuple[Any, dict]]:
     targets = state.extra["pseudo_labels"][batch["index"]]
 
     def loss_fn(params):
-      log_joint, batch_stats = _apply(
+      log_joint, batch_stats = apply_in_training(
           model, state, params, "log_joint", batch["x"], batch["y"]
       )
       return vibe_loss(log_joint, targets), batch_stats
@@ -120,15 +125,23 @@ def make_vibe_step(model: nn.Module) -> Callable[[Any, dict], tuple[Any, dict]]:
   return step
 
 
-def make_baseline_step(model: nn.Module) -> Callable[[Any, dict], tuple[Any, dict]]:
-  """Returns the no-defense step: cross-entropy of p(l|x) on the given labels."""
+def make_baseline_step(model: nn.Module,
+                       objective: Callable[[jax.Array], jax.Array] | None = None
+                       ) -> Callable[[Any, dict], tuple[Any, dict]]:
+  """Returns the no-defense step: cross-entropy of p(l|x) on the given labels.
+
+  `objective` maps the batch's mean cross-entropy to the loss that is minimised
+  (ABL: flooding, or its negation for gradient ascent); the metrics then hold
+  both "loss" and "ce"."""
 
   def step(state, batch: dict) -> tuple[Any, dict]:
     def loss_fn(params):
-      log_p, batch_stats = _apply(model, state, params, "__call__", batch["x"])
-      return vibe_loss(log_p, batch["y"]), batch_stats
+      log_p, batch_stats = apply_in_training(model, state, params, "__call__", batch["x"])
+      ce = vibe_loss(log_p, batch["y"])
+      return (ce if objective is None else objective(ce)), (batch_stats, ce)
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), {"loss": loss}
+    (loss, (batch_stats, ce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss} if objective is None else {"loss": loss, "ce": ce}
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
   return step

@@ -59,23 +59,65 @@ def _percent(value: Any) -> str:
   return "n/a" if value is None or value != value else f"{100 * value:.1f}"
 
 
+def poisoned_summary(row: dict[str, Any]) -> str:
+  """What a defense did to the known poisoned examples, in words: VIBE's
+  pseudo-labels, ABL's isolation, CBD's weights ("-" when it reports nothing)."""
+  if "pseudo_poisoned_relabelled" in row:
+    return (f"relabelled {_percent(row['pseudo_poisoned_relabelled'])}%, to the true "
+            f"class {_percent(row.get('pseudo_poisoned_true_agreement'))}%")
+  if "abl_isolated_poisoned" in row:
+    return (f"isolated {row['abl_isolated']}: {_percent(row['abl_isolated_poisoned'])}% "
+            f"poisoned, {_percent(row.get('abl_poisoned_isolated'))}% of the poisoned")
+  if "cbd_poisoned_weight" in row:
+    return (f"mean weight {row['cbd_poisoned_weight']:.2f}, "
+            f"{_percent(row.get('cbd_poisoned_downweighted'))}% below 1")
+  return "-"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-  """A Markdown table, one row per method: ACC and ASR in percent, then (VIBE) the
-  pseudo-labels of the poisoned examples (share equal to the true label, share
-  moved off the attack label) and the wall time of each stage."""
-  lines = ["| method | ACC (%) | ASR (%) | poisoned: pseudo = true (%) | "
-           "poisoned relabelled (%) | wall time (s) |", "|---|---:|---:|---:|---:|---:|"]
+  """A Markdown table, one row per method: ACC and ASR in percent, what the defense
+  did to the poisoned examples (`poisoned_summary`), the training images it saw
+  (its supervised steps; self-supervised ones in brackets) and the wall time of
+  each stage."""
+  lines = ["| method | ACC (%) | ASR (%) | poisoned examples | images seen | wall time (s) |",
+           "|---|---:|---:|---|---:|---:|"]
   for row in rows:
     times = f"{row.get('wall_time_s', 'n/a')}"
     extra = [f"{k.replace('_wall_time_s', '')} {v}" for k, v in row.items()
              if k.endswith("_wall_time_s")]
     if extra:
       times += f" (+ {', '.join(extra)})"
+    seen = f"{row['images_seen']:,}" if "images_seen" in row else "n/a"
+    if "ssl_images_seen" in row:
+      seen += f" (+ SSL {row['ssl_images_seen']:,})"
     lines.append(f"| {row['method']} | {_percent(row['clean_acc'])} | "
-                 f"{_percent(row['asr'])} | "
-                 f"{_percent(row.get('pseudo_poisoned_true_agreement'))} | "
-                 f"{_percent(row.get('pseudo_poisoned_relabelled'))} | {times} |")
+                 f"{_percent(row['asr'])} | {poisoned_summary(row)} | {seen} | {times} |")
   return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: list[dict[str, Any]], out_path: pathlib.Path,
+                    title: str = "") -> None:
+  """A bar chart of ACC and ASR (%) per method into a PNG (comparison.png)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  methods = [r["method"] for r in rows]
+  fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
+  at = np.arange(len(rows))
+  for offset, key, label, colour in ((-0.2, "clean_acc", "ACC (clean)", "tab:blue"),
+                                     (0.2, "asr", "ASR (triggered)", "tab:red")):
+    values = [100 * r[key] if r.get(key) == r.get(key) and r.get(key) is not None else 0.0
+              for r in rows]
+    bars = ax.bar(at + offset, values, 0.4, label=label, color=colour)
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+  ax.set_xticks(at, methods)
+  ax.set(ylabel="%", ylim=(0, 110), title=title or "defenses on the same poisoned data")
+  ax.legend(loc="upper right", fontsize=8)
+  fig.tight_layout()
+  files.save_with(out_path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+  plt.close(fig)
 
 
 def write_results(workdir: pathlib.Path, results: dict[str, Any]) -> None:

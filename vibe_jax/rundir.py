@@ -22,7 +22,7 @@ import os
 import pathlib
 import socket
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ PRESENTATION = ("progress_bar", "log_every", "checkpoint.every", "checkpoint.max
 _RUN_FILE = "run.json"
 # What a run leaves in its workdir; `--fresh` moves these aside.
 _RUN_FILES = ("run.json", "config.json", "results.json", "results.md", "metrics.jsonl",
-              "curves.png", "poisoning.json", "leiden.json", "features.npz", "features.json",
+              "curves.png", "comparison.png", "poisoning.json", "leiden.json", "features.npz", "features.json",
               "pseudo_labels.npy", "error.log", "baseline", "vibe", "ssl")
 
 _log = logging.getLogger(__name__)
@@ -129,10 +129,12 @@ def record_run(workdir: pathlib.Path, fingerprint: dict, data: dict, commit: str
                             "created": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
-def move_aside(workdir: pathlib.Path) -> Optional[pathlib.Path]:
-  """Moves an earlier run's files into `workdir/previous-<time>/`; returns it (None
-  when there was nothing to move)."""
-  present = [workdir / name for name in _RUN_FILES if (workdir / name).exists()]
+def move_aside(workdir: pathlib.Path, more: Sequence[str] = ()) -> Optional[pathlib.Path]:
+  """Moves an earlier run's files (the common ones and the names in `more`: the
+  defenses' own stage directories) into `workdir/previous-<time>/`; returns it
+  (None when there was nothing to move)."""
+  names = dict.fromkeys([*_RUN_FILES, *more])
+  present = [workdir / name for name in names if (workdir / name).exists()]
   if not present or not files.is_writer():
     return None
   target = workdir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,8 +1,8 @@
 """Defenses, picked by name with `config.defenses` (a registry, see `base.py`)."""
 
-from vibe_jax.defenses import none, vibe  # registers the defenses
+from vibe_jax.defenses import abl, cbd, none, vibe  # registers the defenses
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build,
                                     defense_classes, names, register)
 
-__all__ = ["none", "vibe", "Defense", "DefenseContext", "DefenseOutcome", "build",
+__all__ = ["abl", "cbd", "none", "vibe", "Defense", "DefenseContext", "DefenseOutcome", "build",
            "defense_classes", "names", "register"]

@@ -12,23 +12,28 @@ it in `vibe_jax/defenses/__init__.py`. Nothing else changes.
 """
 
 import dataclasses
+import hashlib
 import pathlib
 from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from vibe_jax import mstep
 from vibe_jax.data.features import FeatureData
 from vibe_jax.registry import Registry
 from vibe_jax.report import JsonLines
 from vibe_jax.models import VIBEModel
-from vibe_jax.train import Inputs, build_model, initial_features, initial_variables
+from vibe_jax.train import (Inputs, LoopSettings, batch_source, build_model, fit,
+                            initial_features, initial_variables)
 
 __all__ = ["DefenseContext", "DefenseOutcome", "Defense", "register", "build", "names",
-           "defense_classes", "build_classifier", "initial_classifier", "grouped_sgd"]
+           "defense_classes", "build_classifier", "initial_classifier", "grouped_sgd",
+           "peer_optimizer", "train_phase"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Defense:
   """Base class of the defenses."""
 
   name: ClassVar[str] = ""
+  # What the defense writes into the workdir (stage directories, files): a fresh
+  # run (`--fresh`) moves these aside with the run's common files.
+  workdir_entries: ClassVar[tuple[str, ...]] = ()
 
   @staticmethod
   def add_defaults(config: ml_collections.ConfigDict) -> None:
@@ -113,23 +121,74 @@ def build_classifier(ctx: DefenseContext) -> VIBEModel:
   return build_model(ctx.config.model, ctx.data.num_classes, backbone=ctx.backbone, dim=dim)
 
 
-def initial_classifier(ctx: DefenseContext, model: VIBEModel, weights: Optional[str]
-                       ) -> tuple[dict[str, Any], np.ndarray]:
+def initial_classifier(ctx: DefenseContext, model: VIBEModel, weights: Optional[str],
+                       seed: Optional[int] = None) -> tuple[dict[str, Any], np.ndarray]:
   """(variables, training features under them) of `model` at step 0: the backbone
   random or from the `.msgpack` `weights`; the features are what the head is
   initialised from (and what outlier filtering clusters)."""
   sample = ctx.inputs.eval(jnp.asarray(ctx.data.train_features[:1]))
-  variables = initial_variables(model, sample, ctx.config.seed, weights)
+  variables = initial_variables(model, sample, ctx.config.seed if seed is None else seed,
+                                weights)
   return variables, initial_features(model, variables, ctx.data.train_features, ctx.inputs,
                                      ctx.config.eval_batch_size)
 
 
-def grouped_sgd(optim: ml_collections.ConfigDict, learning_rates: Optional[dict] = None):
+def grouped_sgd(optim: ml_collections.ConfigDict, learning_rates: Optional[dict] = None, *,
+                weight_decay: Optional[float] = None, nesterov: bool = False):
   """The grouped SGD of `config.optim` (spec 5.2): a learning rate (or schedule) per
-  group (backbone, mu, eta, prior), default `optim.lr`; frozen groups never move."""
+  group (backbone, mu, eta, prior), default `optim.lr`; frozen groups never move.
+  `weight_decay` (default `optim.weight_decay`) and `nesterov` serve the peer
+  defenses, whose references use their own."""
   frozen = tuple(g for g in mstep.GROUPS if optim.frozen.get(g, False))
+  decay = optim.weight_decay if weight_decay is None else weight_decay
   return mstep.make_optimizer(dict(learning_rates or optim.lr), momentum=optim.momentum,
-                              weight_decay=optim.weight_decay, frozen=frozen)
+                              weight_decay=decay, frozen=frozen, nesterov=nesterov)
+
+
+def peer_optimizer(ctx: DefenseContext, lr: float, boundaries: dict[float, float],
+                   num_steps: int, weight_decay: float):
+  """The optimizer of a peer defense's phase (ABL, CBD): Nesterov SGD with the
+  reference's weight decay and a piecewise-constant learning rate `lr`, scaled by
+  `boundaries` {share of the phase: factor} (the references' epoch steps); `lr`
+  0 falls back to the no-defense recipe's rates (`config.baseline.lr`, else the
+  grouped `config.optim.lr`), so a peer can train exactly like the baseline."""
+  config = ctx.config
+  if lr:
+    rates = {g: lr for g in mstep.GROUPS}
+  elif config.baseline.lr:
+    rates = {g: config.baseline.lr for g in mstep.GROUPS}
+  else:
+    rates = dict(config.optim.lr)
+  steps = {int(share * num_steps): factor for share, factor in boundaries.items()
+           if 0 < int(share * num_steps) < num_steps}
+  schedules = {g: optax.piecewise_constant_schedule(r, steps) for g, r in rates.items()}
+  return grouped_sgd(config.optim, schedules, weight_decay=weight_decay, nesterov=True)
+
+
+def train_phase(ctx: DefenseContext, name: str, state, step_fn, arrays: dict[str, Any],
+                num_steps: int, *, batch_size: Optional[int] = None, augment: bool = True,
+                hooks=()):
+  """Trains (or resumes) one phase of a defense as its own stage `name` of the one
+  loop (`train.fit`): checkpoints in `workdir/<name>/`, batches of `arrays` ("x",
+  "y", any more rows), inputs augmented in training (or only normalised with
+  `augment=False`, as ABL's unlearning does). Returns the final state."""
+  config = ctx.config
+  source = batch_source(arrays, batch_size or config.batch_size, (config.seed, _stage_seed(name)),
+                        config.data.prefetch)
+  if augment:
+    step_fn = ctx.inputs.augmenting(step_fn)
+  else:
+    inner = step_fn
+    step_fn = lambda state, batch: inner(state, {**batch, "x": ctx.inputs.eval(batch["x"])})
+  return fit(name=name, state=state, step_fn=step_fn, source=source,
+             settings=LoopSettings.from_config(config, num_steps), workdir=ctx.workdir,
+             log=ctx.log, key=jax.random.fold_in(jax.random.PRNGKey(config.seed),
+                                                 _stage_seed(name)), hooks=hooks)
+
+
+def _stage_seed(name: str) -> int:
+  # A stable number per stage name (Python's hash() changes between processes).
+  return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") % (2**31)
 
 
 def defense_classes() -> list[type[Defense]]:

@@ -35,6 +35,13 @@ class VIBEModel(nn.Module):
     """Returns log p(l|x), shape (B, K)."""
     return self.head(self.embed(x, train))
 
+  def scores_and_features(self, x: jax.Array, train: bool = False
+                          ) -> tuple[jax.Array, jax.Array]:
+    """(log p(l|x), features) from one forward pass: the (logits, features) pair the
+    peer defenses need (CBD's mutual-information penalty reads the features)."""
+    v = self.embed(x, train)
+    return self.head(v), v
+
   def log_joint(
       self, x: jax.Array, y: jax.Array, uniform_p_yl: bool = False, train: bool = False
   ) -> jax.Array:

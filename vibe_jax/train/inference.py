@@ -47,7 +47,7 @@ def _read_ahead(read: Callable[[Any], Any], items: list, ahead: int) -> Iterator
 
 
 class Inference:
-  """`embed` and `accuracy` of `model` (which has an `embed` method and returns
+  """`embed`, `accuracy` and per-example `losses` of `model` (which has an `embed` method and returns
   class scores when called) on inputs prepared by `inputs.eval`."""
 
   def __init__(self, model: nn.Module, inputs: Inputs = Inputs(), batch_size: int = 256,
@@ -67,6 +67,12 @@ class Inference:
 
     self._correct = jax.jit(correct, in_shardings=(everywhere, rows, rows, rows),
                             out_shardings=everywhere)
+
+    def losses(v, x, y):
+      log_p = model.apply(v, inputs.eval(x))
+      return -jnp.take_along_axis(log_p, y[:, None], axis=1)[:, 0]
+
+    self._losses = jax.jit(losses, in_shardings=(everywhere, rows, rows), out_shardings=rows)
 
   def _chunks(self, n: int):
     """(start, stop, size) of each batch; all batches have `size` rows, a multiple
@@ -97,6 +103,17 @@ class Inference:
     chunks = self._chunks(len(inputs))
     reads = self._reads(lambda c: self._placed(self._padded(inputs, *c)), inputs, chunks)
     outs = [self._embed(variables, x) for x in reads]
+    return np.concatenate([o[:b - a] for (a, b, _), o in zip(chunks, jax.device_get(outs))])
+
+  def losses(self, variables: dict[str, Any], inputs: np.ndarray, labels: np.ndarray
+             ) -> np.ndarray:
+    """Per-example cross-entropy -log p(l = label | x) in evaluation mode, (N,)
+    float32 (ABL isolates the examples with the lowest)."""
+    variables = self._local(variables)
+    chunks = self._chunks(len(inputs))
+    reads = self._reads(lambda c: self._placed(self._padded(inputs, *c)), inputs, chunks)
+    outs = [self._losses(variables, x, self._placed(self._padded(labels, *c)))
+            for c, x in zip(chunks, reads)]
     return np.concatenate([o[:b - a] for (a, b, _), o in zip(chunks, jax.device_get(outs))])
 
   def _placed(self, rows: np.ndarray) -> jax.Array:

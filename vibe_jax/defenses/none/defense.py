@@ -36,6 +36,8 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
 class NoDefense(Defense):
   """Cross-entropy on the given labels; checkpoints in `workdir/baseline/`."""
 
+  workdir_entries = ("baseline",)
+
   @staticmethod
   def add_defaults(config: ml_collections.ConfigDict) -> None:
     config.baseline = ml_collections.ConfigDict()
@@ -58,7 +60,8 @@ class NoDefense(Defense):
                 step_fn=ctx.inputs.augmenting(mstep.make_baseline_step(model)),
                 source=source, settings=LoopSettings.from_config(config),
                 workdir=ctx.workdir, log=ctx.log, key=jax.random.PRNGKey(config.seed))
-    return DefenseOutcome("no defense", model, variables(state), ctx.inputs,
+    row = {"images_seen": config.num_steps * source.batch_size}
+    return DefenseOutcome("no defense", model, variables(state), ctx.inputs, row,
                           outputs={"checkpoints": str(ctx.workdir / "baseline" / "checkpoints"),
                                    "steps": config.num_steps},
                           seconds=stage_seconds(ctx.workdir, "baseline"))

@@ -103,6 +103,8 @@ def _check_leiden(c: ml_collections.ConfigDict) -> list[str]:
 class VIBE(Defense):
   """VIBE-A or VIBE-F (`config.model.variant`), SS or FM by the data it gets."""
 
+  workdir_entries = ("ssl", "leiden.json", "vibe", "pseudo_labels.npy")
+
   @staticmethod
   def add_defaults(config: ml_collections.ConfigDict) -> None:
     _add_estep(config)
@@ -125,6 +127,7 @@ class VIBE(Defense):
       ssl = pretrain(config, data, ctx.inputs.info, ctx.workdir, ctx.log)
       weights = str(ssl.backbone_path)
       row["ssl_wall_time_s"] = round(ssl.seconds, 2)
+      row["ssl_images_seen"] = config.ssl.num_steps * config.ssl.batch_size
       outputs["ssl"] = ssl.summary()
     began = time.time()
     model = build_classifier(ctx)
@@ -146,6 +149,7 @@ class VIBE(Defense):
                 key=jax.random.PRNGKey(config.seed),
                 hooks=[EStepHook(model, ctx.inputs, config.estep, data, ctx.log,
                                  eval_batch_size=config.eval_batch_size)])
+    row["images_seen"] = config.num_steps * source.batch_size
     labels = parallel.to_host(state.extra["pseudo_labels"])
     path = ctx.workdir / "pseudo_labels.npy"
     files.save_with(path, lambda tmp: np.save(tmp, labels))
