@@ -101,16 +101,15 @@ def plot_comparison(rows: list[dict[str, Any]], out_path: pathlib.Path,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   methods = [r["method"] for r in rows]
   fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
-  at = np.arange(len(rows))
+  at = list(range(len(rows)))
   for offset, key, label, colour in ((-0.2, "clean_acc", "ACC (clean)", "tab:blue"),
                                      (0.2, "asr", "ASR (triggered)", "tab:red")):
     values = [100 * r[key] if r.get(key) == r.get(key) and r.get(key) is not None else 0.0
               for r in rows]
-    bars = ax.bar(at + offset, values, 0.4, label=label, color=colour)
+    bars = ax.bar([i + offset for i in at], values, 0.4, label=label, color=colour)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
   ax.set_xticks(at, methods)
   ax.set(ylabel="%", ylim=(0, 110), title=title or "defenses on the same poisoned data")
