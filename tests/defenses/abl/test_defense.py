@@ -57,3 +57,11 @@ def test_a_bad_abl_parameter_is_one_line(tmp_path):
   with pytest.raises(InputError, match="abl.ascent") as error:
     train_and_evaluate(config, tmp_path / "run", clusters())
   assert "\n" not in str(error.value) and "flooding" in str(error.value)
+
+
+def test_a_bad_defense_name_lists_the_known_ones(tmp_path):
+  config = _config()
+  config.defenses = "none,abll"
+  with pytest.raises(InputError, match="abll") as error:
+    train_and_evaluate(config, tmp_path / "run", clusters())
+  assert "known: abl, cbd, none, vibe" in str(error.value)
