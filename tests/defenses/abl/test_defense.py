@@ -64,4 +64,6 @@ def test_a_bad_defense_name_lists_the_known_ones(tmp_path):
   config.defenses = "none,abll"
   with pytest.raises(InputError, match="abll") as error:
     train_and_evaluate(config, tmp_path / "run", clusters())
-  assert "known: abl, cbd, none, vibe" in str(error.value)
+  # (Other tests may register toy defenses in this process: check ours are named.)
+  known = str(error.value).split("known: ")[1].split(", ")
+  assert {"abl", "cbd", "none", "vibe"} <= set(known)
