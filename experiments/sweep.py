@@ -3,12 +3,19 @@
   python experiments/sweep.py --dataset=cifar10 --variants=ss_f,fm_f \
       --attacks=badnets,blend --root=workdirs/sweep -- --config.data.data_dir=~/tfds
 
+  # frozen EfficientNet-Lite0 on a CPU, three seeds (the README's FM table):
+  python experiments/sweep.py --config=configs/fm_cpu.py --dataset=cifar10 \
+      --variants=fm_f,fm_a --attacks=badnets,blend --seeds=0,1,2 --root=workdirs/fm_cpu
+
 Each experiment runs `python -m vibe_jax.main --config=configs/DATASET.py:attack=A,
-variant=V --workdir=ROOT/DATASET/A/V` plus the overrides after `--`; one whose
-workdir already holds results.json is skipped, one that was interrupted resumes
-from its checkpoints. Afterwards (or with --collect_only) ROOT/summary.md gets one
-Markdown row per experiment and method, with provenance, from the results.json files.
---dry_run prints the commands instead.
+variant=V --workdir=ROOT/DATASET/A/V` plus the overrides after `--`; with
+`--config=FILE` it runs `FILE:dataset=DATASET,attack=A,variant=V`; with `--seeds`,
+one run per seed (`,seed=S`, workdir `.../V/seedS`). One whose workdir already
+holds results.json is skipped, one that was interrupted resumes from its
+checkpoints. Afterwards (or with --collect_only) ROOT/summary.md gets one Markdown
+row per experiment and method, with provenance and wall times (the method's, and
+the run's feature extraction), from the results.json files. --dry_run prints the
+commands instead.
 """
 
 import argparse
@@ -22,34 +29,46 @@ from vibe_jax.config import grid
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def commands(dataset, attacks, variants, root, extra):
+def commands(dataset, attacks, variants, root, extra, config="", seeds=()):
   """[(workdir, argv)] of the experiments to run."""
   out = []
   for attack in attacks:
     for variant in variants:
-      workdir = root / dataset / attack / variant
-      argv = [sys.executable, "-m", "vibe_jax.main",
-              f"--config=configs/{dataset}.py:attack={attack},variant={variant}",
-              f"--workdir={workdir}", *extra]
-      out.append((workdir, argv))
+      for seed in seeds or (None,):
+        workdir = root / dataset / attack / variant
+        arg = f"attack={attack},variant={variant}"
+        if config:
+          arg = f"dataset={dataset},{arg}"
+        if seed is not None:
+          workdir, arg = workdir / f"seed{seed}", f"{arg},seed={seed}"
+        argv = [sys.executable, "-m", "vibe_jax.main",
+                f"--config={config or f'configs/{dataset}.py'}:{arg}",
+                f"--workdir={workdir}", *extra]
+        out.append((workdir, argv))
   return out
 
 
 def summary(root: pathlib.Path) -> str:
   """A Markdown table of every results.json under `root`."""
   lines = ["| experiment | method | ACC (%) | ASR (%) | poisoned: pseudo = true (%) | "
-           "poisoned relabelled (%) | seed | commit | device |",
-           "|---|---|---:|---:|---:|---:|---:|---|---|"]
+           "poisoned relabelled (%) | clean target relabelled (%) | wall (s) | features (s) "
+           "| seed | commit | device |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
   pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+  sec = lambda v: "-" if v is None else f"{v:.0f}"
   for path in sorted(root.rglob("results.json")):
     results = json.loads(path.read_text())
     name = str(path.parent.relative_to(root))
     prov = results.get("provenance", {})
+    extraction = results.get("stages", {}).get("features", {}).get("seconds")
+    device = prov.get("device", "?") + (f" ({prov['cpu']})" if prov.get("cpu") else "")
     for row in results["rows"]:
       lines.append(f"| {name} | {row['method']} | {pct(row['clean_acc'])} | "
                    f"{pct(row['asr'])} | {pct(row.get('pseudo_poisoned_true_agreement'))} | "
-                   f"{pct(row.get('pseudo_poisoned_relabelled'))} | {results['seed']} | "
-                   f"{prov.get('commit', '?')} | {prov.get('device', '?')} |")
+                   f"{pct(row.get('pseudo_poisoned_relabelled'))} | "
+                   f"{pct(row.get('pseudo_clean_target_relabelled'))} | "
+                   f"{sec(row.get('wall_time_s'))} | {sec(extraction)} | {results['seed']} | "
+                   f"{prov.get('commit', '?')} | {device} |")
   return "\n".join(lines) + "\n"
 
 
@@ -59,6 +78,10 @@ def main():
   parser.add_argument("--attacks", default="", help="comma-separated; default: all")
   parser.add_argument("--variants", default=",".join(grid.VARIANTS))
   parser.add_argument("--root", default="workdirs/sweep")
+  parser.add_argument("--config", default="",
+                      help="a config file taking dataset=,attack=,variant= (default: "
+                           "configs/DATASET.py)")
+  parser.add_argument("--seeds", default="", help="comma-separated; one run per seed")
   parser.add_argument("--dry_run", action="store_true")
   parser.add_argument("--collect_only", action="store_true")
   args, extra = parser.parse_known_args()
@@ -69,7 +92,9 @@ def main():
   if unknown:
     sys.exit(f"attacks {unknown} are not in the {args.dataset} grid {grid.ATTACKS[args.dataset]}")
   if not args.collect_only:
-    for workdir, argv in commands(args.dataset, attacks, args.variants.split(","), root, extra):
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    for workdir, argv in commands(args.dataset, attacks, args.variants.split(","), root, extra,
+                                  args.config, seeds):
       if args.dry_run:
         print(" ".join(argv))
         continue

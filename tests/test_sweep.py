@@ -22,13 +22,27 @@ def test_summary_tabulates_results_with_provenance(tmp_path):
   run = tmp_path / "cifar10" / "blend" / "ss_f"
   run.mkdir(parents=True)
   (run / "results.json").write_text(json.dumps({
-      "seed": 0, "provenance": {"commit": "abc1234", "device": "1 x H100"},
+      "seed": 0, "provenance": {"commit": "abc1234", "device": "1 x H100",
+                                "cpu": "Xeon, 16 cores"},
+      "stages": {"features": {"seconds": 30.2}},
       "rows": [{"method": "no defense", "clean_acc": 0.9, "asr": 0.99},
                {"method": "VIBE-F", "clean_acc": 0.91, "asr": 0.01,
                 "pseudo_poisoned_true_agreement": 0.95,
-                "pseudo_poisoned_relabelled": 0.99}]}))
+                "pseudo_poisoned_relabelled": 0.99, "wall_time_s": 12.4,
+                "pseudo_clean_target_relabelled": 0.02}]}))
   subprocess.run([sys.executable, "experiments/sweep.py", f"--root={tmp_path}",
                   "--collect_only"], cwd=ROOT, check=True, capture_output=True)
   table = (tmp_path / "summary.md").read_text()
-  assert "| cifar10/blend/ss_f | VIBE-F | 91.0 | 1.0 | 95.0 | 99.0 | 0 | abc1234 | 1 x H100 |" in table
-  assert "| cifar10/blend/ss_f | no defense | 90.0 | 99.0 | - | - |" in table
+  assert ("| cifar10/blend/ss_f | VIBE-F | 91.0 | 1.0 | 95.0 | 99.0 | 2.0 | 12 | 30 | 0 | abc1234 "
+          "| 1 x H100 (Xeon, 16 cores) |") in table
+  assert "| cifar10/blend/ss_f | no defense | 90.0 | 99.0 | - | - | - | - | 30 |" in table
+
+
+def test_a_config_file_and_seeds_give_one_run_per_seed(tmp_path):
+  out = subprocess.run([sys.executable, "experiments/sweep.py", "--dataset=imagenette",
+                        "--config=configs/fm_cpu.py", "--variants=fm_f", "--attacks=blend",
+                        "--seeds=0,2", f"--root={tmp_path}", "--dry_run"], cwd=ROOT,
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  assert len(out) == 2
+  assert "--config=configs/fm_cpu.py:dataset=imagenette,attack=blend,variant=fm_f,seed=2" in out[1]
+  assert f"--workdir={tmp_path}/imagenette/blend/fm_f/seed2" in out[1]

@@ -189,3 +189,70 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
       m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
       m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
       m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+
+
+class SameConv(nn.Conv2d):
+  """TensorFlow "SAME" padding (extra pixel bottom/right), as efficientnet-lite-pytorch."""
+
+  def forward(self, x):
+    pads = []
+    for size, k, s in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1]):
+      total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+      pads += [total // 2, total - total // 2]
+    return super().forward(F.pad(x, pads))
+
+
+class LiteBlock(nn.Module):
+  """MBConv without squeeze-excitation, ReLU6 (the Lite variant's block)."""
+
+  def __init__(self, cin, cout, kernel, stride, expand):
+    super().__init__()
+    hidden = cin * expand
+    self.expand = expand
+    if expand != 1:
+      self._expand_conv = SameConv(cin, hidden, 1, bias=False)
+      self._bn0 = nn.BatchNorm2d(hidden, eps=1e-3)
+    self._depthwise_conv = SameConv(hidden, hidden, kernel, stride, groups=hidden, bias=False)
+    self._bn1 = nn.BatchNorm2d(hidden, eps=1e-3)
+    self._project_conv = SameConv(hidden, cout, 1, bias=False)
+    self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+    self.skip = stride == 1 and cin == cout
+
+  def forward(self, x):
+    y = x
+    if self.expand != 1:
+      y = F.relu6(self._bn0(self._expand_conv(y)))
+    y = F.relu6(self._bn1(self._depthwise_conv(y)))
+    y = self._bn2(self._project_conv(y))
+    return y + x if self.skip else y
+
+
+class EfficientNetLite(nn.Module):
+  """The state-dict layout of efficientnet-lite-pytorch's EfficientNet-Lite (its
+  `_conv_stem`, `_blocks.N.*`, `_conv_head`, `_fc`), written here from the
+  TensorFlow block strings; with `features=True` it returns pooled features."""
+
+  STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+            (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+  def __init__(self, num_classes=1000, features=True):
+    super().__init__()
+    self.features = features
+    self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
+    self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+    blocks, cin = [], 32
+    for repeats, kernel, stride, expand, cout in self.STAGES:
+      for r in range(repeats):
+        blocks.append(LiteBlock(cin, cout, kernel, stride if r == 0 else 1, expand))
+        cin = cout
+    self._blocks = nn.ModuleList(blocks)
+    self._conv_head = SameConv(cin, 1280, 1, bias=False)
+    self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+    self._fc = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    x = F.relu6(self._bn0(self._conv_stem(x)))
+    for block in self._blocks:
+      x = block(x)
+    x = F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+    return x if self.features else self._fc(x)

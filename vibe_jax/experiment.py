@@ -36,7 +36,7 @@ from vibe_jax.data.load import Loaded, load_data
 from vibe_jax.errors import InputError
 from vibe_jax.provenance import provenance
 from vibe_jax.stages import extract_features
-from vibe_jax.train import Inference, Inputs, evaluators
+from vibe_jax.train import Inference, Inputs, evaluators, inputs_for
 
 __all__ = ["train_and_evaluate"]
 
@@ -175,14 +175,15 @@ def _run(config, workdir: pathlib.Path, names: list[str], figure_names: list[str
          loaded: Loaded, origin: dict, config_json: dict) -> dict[str, Any]:
   """Feature extraction (FM), the defenses, their rows and the result files."""
   data, stages = loaded.data, _stage_outputs(workdir, loaded)
-  inputs = Inputs(loaded.info, config.model.input_size if data.is_images else 0)
+  inputs = inputs_for(config.model, loaded.info, data.is_images)
   backbone = config.model.backbone or None
   log = report.JsonLines(workdir / "metrics.jsonl")
   try:
     if data.is_images and config.model.frozen_features:
       # FM style: a frozen backbone's features, extracted once and cached; the
       # defenses then train on them with no backbone.
-      features = extract_features(config, data, inputs, workdir)
+      features = extract_features(config, data, inputs, workdir, loaded.clean,
+                                  loaded.poisoning)
       data, inputs, backbone = features.data, Inputs(), None
       stages["features"] = features.summary()
     ctx = defenses.DefenseContext(config=config, workdir=workdir, data=data, inputs=inputs,

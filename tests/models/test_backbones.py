@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vibe_jax.models.backbones import BACKBONES, build_backbone, feature_dim
+from vibe_jax.models.efficientnet import depthwise_conv
 from vibe_jax.models.resnet import resnet18
 
 
@@ -20,6 +21,8 @@ def _count(tree):
     ("small_cnn", 32, None),
     ("vit_s16", 32, 21_665_664),  # timm vit_small_patch16_224 - head
     ("dinov2_vits14", 28, 22_056_192),  # dinov2_vits14 - mask_token
+    # efficientnet-lite0-57934424.pth less _fc and the BatchNorm running statistics
+    ("efficientnet_lite0", 64, 3_371_008),
 ])
 def test_backbone_shapes_and_sizes(name, size, params):
   model = build_backbone(name)
@@ -60,3 +63,14 @@ def test_unknown_backbone_is_named():
   with pytest.raises(ValueError, match="unknown backbone 'resnet19'.*resnet18"):
     build_backbone("resnet19")
   assert set(BACKBONES) >= {"resnet18_cifar", "resnet50", "dinov2_vitg14", "vit_s16"}
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(9, 3, 1), (9, 3, 2), (10, 5, 2), (7, 5, 1)])
+def test_depthwise_shift_and_add_is_the_grouped_convolution(size, kernel, stride):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+  shift = depthwise_conv(x, w, stride, "shift")
+  conv = depthwise_conv(x, w, stride, "conv")
+  assert shift.shape == (2, -(-size // stride), -(-size // stride), 6)
+  np.testing.assert_allclose(shift, conv, atol=1e-5)

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from tests import torch_models
 from vibe_jax.models import convert
+from vibe_jax.models.efficientnet import efficientnet_lite
 from vibe_jax.models.resnet import resnet18, resnet50
 from vibe_jax.models.vit import ViT, ViTConfig
 from vibe_jax.resize import bicubic_matrix
@@ -86,3 +87,39 @@ def test_bicubic_matrix_is_torch_interpolate(size_in, size_out, align, scale):
   m = bicubic_matrix(size_in, size_out, align_corners=align, scale=scale)
   got = np.einsum("hk,bckl,wl->bchw", m, x.numpy(), m)
   np.testing.assert_allclose(got, want.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("size", [64, 45])  # even and odd sides: TensorFlow "SAME" padding
+def test_efficientnet_lite_conversion_matches_torch(tmp_path, size):
+  torch.manual_seed(2)
+  reference = torch_models.EfficientNetLite(num_classes=7, features=False)
+  torch_models.randomise_batchnorm(reference)
+  ours = efficientnet_lite("efficientnet_lite0", num_classes=7)
+  # A .pth state dict, read with weights_only=True, classifier included.
+  torch.save(reference.state_dict(), tmp_path / "w.pth")
+  template = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0),
+                                              jnp.zeros((1, size, size, 3))))
+  variables = convert.torch_to_flax(convert.load_state_dict(tmp_path / "w.pth"), template)
+  _compare(reference, ours, variables, size, atol=1e-4)
+  # As a backbone (no classifier) the same file gives the pooled features.
+  reference.features = True
+  backbone = efficientnet_lite("efficientnet_lite0")
+  template = jax.eval_shape(lambda: backbone.init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, size, size, 3))))
+  variables = convert.torch_to_flax(convert.load_state_dict(tmp_path / "w.pth"), template)
+  _compare(reference, backbone, variables, size, atol=1e-4)
+
+
+def test_pth_files_are_read_without_unpickling_objects(tmp_path):
+  torch.save({"w": torch.zeros(2), "hook": _Unsafe()}, tmp_path / "evil.pth")
+  with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+    convert.load_state_dict(tmp_path / "evil.pth")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    convert.load_state_dict(tmp_path / "absent.pth")
+  (tmp_path / "w.npy").write_bytes(b"")
+  with pytest.raises(ValueError, match="expected .safetensors or .pth"):
+    convert.load_state_dict(tmp_path / "w.npy")
+
+
+class _Unsafe:
+  """An object a full unpickler would construct (and a malicious one would run)."""

@@ -56,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.backbone_weights = ""  # .msgpack from tools/convert.py ("" = random init)
   c.model.frozen_features = False  # FM: frozen backbone, features extracted once
   c.model.input_size = 0  # > 0: resize normalised images to this side (DINOv2 on CIFAR)
+  # "dataset": the dataset's mean/std; "imagenet" / "inception" ([-1, 1]): what a
+  # pretrained backbone's weights expect (EfficientNet-Lite: inception).
+  c.model.input_norm = "dataset"
+  # FM: where clean-image features are cached and shared between runs ("" = the
+  # workdir's feature_cache/); point every run of a sweep at one directory.
+  c.model.feature_cache = ""
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = ml_collections.ConfigDict(
@@ -106,6 +112,8 @@ def check_base(c: ml_collections.ConfigDict) -> list[str]:
     p += ck.number(c, key, 0.0, low_open=True)
   p += ck.choice(c, "model.backbone", ["", *sorted(BACKBONES)])
   p += ck.boolean(c, "model.frozen_features") + ck.integer(c, "model.input_size", 0)
+  p += ck.choice(c, "model.input_norm", ("dataset", "imagenet", "inception"))
+  p += ck.text(c, "model.feature_cache")
   for group in ("backbone", "mu", "eta", "prior"):
     p += ck.number(c, f"optim.lr.{group}", 0.0) + ck.boolean(c, f"optim.frozen.{group}")
   p += ck.number(c, "optim.momentum", 0.0, 1.0) + ck.number(c, "optim.weight_decay", 0.0)

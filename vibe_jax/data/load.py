@@ -10,6 +10,7 @@ config.data.source:
             `Loaded.poisoning` for the caller to write (`poisoning.json`).
 """
 
+import hashlib
 import logging
 import os
 from typing import NamedTuple, Optional
@@ -29,20 +30,42 @@ from vibe_jax.data.sources import (DatasetInfo, ImageSource, SubsetSource, datas
 from vibe_jax.errors import InputError
 from vibe_jax.models.vmf import l2_normalize
 
-__all__ = ["Loaded", "load_data", "placement", "device_memory_bytes"]
+__all__ = ["Loaded", "CleanViews", "load_data", "placement", "device_memory_bytes"]
 
 _log = logging.getLogger(__name__)
 
 
+class CleanViews(NamedTuple):
+  """The unpoisoned images behind a poisoned image dataset, read on demand, and
+  which training rows the attack changed: what lets frozen-backbone features of
+  the clean images be computed once and shared by every attack (only the changed
+  rows and the triggered test set are attack-specific).
+
+  Attributes:
+    train / test: the clean training and test splits (subsets applied), as rows.
+    changed: (N,) bool, the training rows whose pixels the attack altered
+      (poisoned, and for adaptive attacks the covers).
+    key: what identifies the clean splits (dataset, splits, subset and its seed,
+      a digest of the labels), JSON-ready.
+  """
+
+  train: lazy.ImageRows
+  test: lazy.ImageRows
+  changed: np.ndarray
+  key: dict
+
+
 class Loaded(NamedTuple):
-  """The data of a run: arrays, the images' description (None for features) and
+  """The data of a run: arrays, the images' description (None for features),
   the poisoning record (attack, parameters, indices; None when not poisoned here),
-  which the caller writes to `poisoning.json`."""
+  which the caller writes to `poisoning.json`, and for image datasets the clean
+  views behind them."""
 
   data: FeatureData
   info: Optional[DatasetInfo]
   poisoning: Optional[dict]
   placement: str = "device"  # images: "device" (arrays) or "stream" (ImageRows)
+  clean: Optional[CleanViews] = None
 
 
 def _attack_params(text: str) -> dict:
@@ -138,7 +161,16 @@ def _images(config: ml_collections.ConfigDict) -> Loaded:
                        train_true_labels=arrays.true_labels, train_poisoned=arrays.poisoned,
                        test_features=clean.images, test_labels=clean.labels,
                        asr_features=asr.images, asr_labels=asr.labels, declared_classes=k)
-  return Loaded(data.validate(), info, train.metadata(), where)
+  labels = np.concatenate([train_source.labels, test_source.labels]).astype(np.int64)
+  key = {"dataset": d.dataset, "train_split": info.train_split, "test_split": info.test_split,
+         "train_subset": d.train_subset, "test_subset": d.test_subset,
+         # A subset is drawn from the seed; the whole split does not depend on it.
+         "subset_seed": config.seed if (d.train_subset or d.test_subset) else None,
+         "skip_bad_images": bool(d.skip_bad_images), "num_images": int(len(labels)),
+         "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+  clean = CleanViews(lazy.clean_rows(train_source), lazy.clean_rows(test_source),
+                     train.poisoned | train.covered, key)
+  return Loaded(data.validate(), info, train.metadata(), where, clean)
 
 
 def load_data(config: ml_collections.ConfigDict) -> Loaded:

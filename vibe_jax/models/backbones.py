@@ -7,6 +7,7 @@ from typing import Callable
 import flax.linen as nn
 
 from vibe_jax.models.cnn import SmallCNN
+from vibe_jax.models.efficientnet import LITE_CONFIGS, efficientnet_lite
 from vibe_jax.models.resnet import resnet18, resnet50
 from vibe_jax.models.vit import VIT_CONFIGS, vit
 
@@ -18,6 +19,7 @@ BACKBONES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "resnet50": (lambda: resnet50(), 2048),
     "small_cnn": (lambda: SmallCNN(), 128),
     **{name: (lambda name=name: vit(name), cfg.dim) for name, cfg in VIT_CONFIGS.items()},
+    **{name: (lambda name=name: efficientnet_lite(name), 1280) for name in LITE_CONFIGS},
 }
 
 

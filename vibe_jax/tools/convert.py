@@ -1,7 +1,9 @@
-"""Convert a PyTorch state dict (.safetensors) into Flax variables for a backbone.
+"""Convert a PyTorch state dict (.safetensors or .pth) into Flax variables for a backbone.
 
   python -m vibe_jax.tools.convert --backbone=dinov2_vitg14 \
       --weights=dinov2_vitg14.safetensors --out=dinov2_vitg14.msgpack
+  # ImageNet EfficientNet-Lite0 from the package the `pretrained` extra installs:
+  python -m vibe_jax.tools.convert --backbone=efficientnet_lite0 --out=efficientnet_lite0.msgpack
 
 See `vibe_jax.models.convert` for the supported layouts and where to get weights.
 """
@@ -14,10 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from vibe_jax.models.backbones import build_backbone
-from vibe_jax.models.convert import load_safetensors, save_variables, torch_to_flax
+from vibe_jax.models.convert import (file_sha256, load_state_dict, pretrained_path,
+                                     save_variables, torch_to_flax)
 
 _BACKBONE = flags.DEFINE_string("backbone", None, "Backbone name (vibe_jax.models.backbones).")
-_WEIGHTS = flags.DEFINE_string("weights", None, "PyTorch state dict in .safetensors.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "PyTorch state dict (.safetensors or .pth); "
+                               "omitted: the installed package that ships the backbone's.")
 _OUT = flags.DEFINE_string("out", None, "Output .msgpack.")
 
 
@@ -28,17 +32,18 @@ def main(argv):
     model = build_backbone(_BACKBONE.value)
   except ValueError as error:
     sys.exit(f"FATAL: {error}")
-  size = 224 if _BACKBONE.value.startswith(("dinov2", "vit", "resnet50")) else 32
+  size = 224 if _BACKBONE.value.startswith(("dinov2", "vit", "resnet50", "efficient")) else 32
   template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, size, size, 3))))
   try:
-    variables = torch_to_flax(load_safetensors(_WEIGHTS.value), template)
+    weights = _WEIGHTS.value or pretrained_path(_BACKBONE.value)
+    variables = torch_to_flax(load_state_dict(weights), template)
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"FATAL: {error}")
   save_variables(variables, _OUT.value)
-  print(f"wrote {_OUT.value}")
+  print(f"wrote {_OUT.value} from {weights} (sha256 {file_sha256(weights)[:16]}...)")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["backbone", "weights", "out"])
+  flags.mark_flags_as_required(["backbone", "out"])
   app.run(main)

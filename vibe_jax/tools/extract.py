@@ -18,7 +18,7 @@ from vibe_jax import files
 from vibe_jax.data.load import load_data
 from vibe_jax.errors import InputError
 from vibe_jax.stages import extract_features
-from vibe_jax.train import Inputs
+from vibe_jax.train import inputs_for
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -31,13 +31,14 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   try:
-    data, info, poisoning = load_data(config)
-    if info is None:
+    loaded = load_data(config)
+    if loaded.info is None:
       raise InputError("feature extraction needs config.data.source='images'")
     if not config.model.backbone:
       raise InputError("feature extraction needs config.model.backbone")
-    files.write_json(workdir / "poisoning.json", poisoning, None)
-    result = extract_features(config, data, Inputs(info, config.model.input_size), workdir)
+    files.write_json(workdir / "poisoning.json", loaded.poisoning, None)
+    result = extract_features(config, loaded.data, inputs_for(config.model, loaded.info),
+                              workdir, loaded.clean, loaded.poisoning)
   except InputError as error:
     sys.exit(f"FATAL input error: {error}")
   print(f"wrote {result.path}: train {result.data.train_features.shape}, "

@@ -6,7 +6,7 @@ from vibe_jax.train import evaluators
 from vibe_jax.train.batches import (BatchSource, DeviceArrays, IndexBatches, StreamBatches,
                                     batch_source)
 from vibe_jax.train.inference import Inference
-from vibe_jax.train.inputs import Inputs
+from vibe_jax.train.inputs import Inputs, inputs_for
 from vibe_jax.train.knn import knn_accuracy
 from vibe_jax.train.loop import Hook, LoopSettings, fit, stage_seconds
 from vibe_jax.train.model import (build_model, classifier_state, initial_features,
@@ -15,5 +15,5 @@ from vibe_jax.train.state import TrainState, variables
 
 __all__ = ["evaluators", "BatchSource", "DeviceArrays", "IndexBatches", "StreamBatches",
            "batch_source", "Inference",
-           "Inputs", "knn_accuracy", "Hook", "LoopSettings", "fit", "stage_seconds", "build_model",
+           "Inputs", "inputs_for", "knn_accuracy", "Hook", "LoopSettings", "fit", "stage_seconds", "build_model",
            "classifier_state", "initial_features", "initial_variables", "TrainState", "variables"]

@@ -8,7 +8,13 @@ import jax
 from vibe_jax.data import device
 from vibe_jax.data.sources import DatasetInfo
 
-__all__ = ["Inputs"]
+__all__ = ["Inputs", "NORMALIZATIONS", "inputs_for"]
+
+# config.model.input_norm -> (mean, std) that a pretrained backbone's weights expect,
+# overriding the dataset's. "inception" maps pixels to [-1, 1] (TensorFlow's
+# EfficientNet-Lite: (x - 127) / 128); "imagenet" is torchvision's.
+NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                  "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,3 +52,16 @@ class Inputs:
       return step_fn
     return lambda state, batch: step_fn(
         state, {**batch, "x": self.train(batch["key"], batch["x"])})
+
+
+def inputs_for(model_config: Any, info: Optional[DatasetInfo], images: bool = True) -> Inputs:
+  """The `Inputs` of a run: `info`'s normalisation unless `model_config.input_norm`
+  names one of `NORMALIZATIONS`, resized to `model_config.input_size`; identity
+  for feature vectors (`images` False or no `info`)."""
+  if info is None or not images:
+    return Inputs()
+  norm = model_config.get("input_norm", "dataset")
+  if norm in NORMALIZATIONS:
+    mean, std = NORMALIZATIONS[norm]
+    info = dataclasses.replace(info, mean=mean, std=std)
+  return Inputs(info, model_config.input_size)

@@ -25,7 +25,11 @@ def pseudo_label_metrics(labels: np.ndarray, data: FeatureData) -> dict[str, flo
   """Agreement of pseudo-labels with the given and true labels; poisoned relabelled.
 
   `poisoned_relabelled` is the share of poisoned examples whose pseudo-label
-  differs from their given (attack) label.
+  differs from their given (attack) label. For an all-to-one attack (every
+  poisoned example carries one label, the target), `clean_target_relabelled` is
+  the share of the target class's clean examples whose pseudo-label is not the
+  target: VIBE's failure mode on tight trigger clusters, where the target's
+  prototype follows the poisoned examples and the clean ones are moved away.
   """
   out = {"given_agreement": float(np.mean(labels == data.train_labels))}
   if data.train_true_labels is not None:
@@ -35,6 +39,10 @@ def pseudo_label_metrics(labels: np.ndarray, data: FeatureData) -> dict[str, flo
     out["poisoned_relabelled"] = float(np.mean(labels[p] != data.train_labels[p]))
     if data.train_true_labels is not None:
       out["poisoned_true_agreement"] = float(np.mean(labels[p] == data.train_true_labels[p]))
+      targets = np.unique(data.train_labels[p])
+      clean = ~p & (data.train_true_labels == targets[0])
+      if len(targets) == 1 and clean.any():
+        out["clean_target_relabelled"] = float(np.mean(labels[clean] != targets[0]))
   return out
 
 
