@@ -69,3 +69,17 @@ def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, cap
     pass
   assert f"pid {holder.pid}" in caplog.text and "gone" in caplog.text
   assert not (tmp_path / ".lock").exists()
+
+
+def test_a_run_from_before_an_upgrade_resumes_when_new_keys_keep_their_defaults(tmp_path):
+  config = feature_config()
+  train_and_evaluate(config, tmp_path, data=clusters())
+  # As if the run had been started by a version without config.model.input_norm.
+  path = tmp_path / "run.json"
+  record = json.loads(path.read_text())
+  del record["fingerprint"]["model.input_norm"]
+  path.write_text(json.dumps(record))
+  train_and_evaluate(config, tmp_path, data=clusters())  # the default: accepted
+  config.model.input_norm = "imagenet"
+  with pytest.raises(InputError, match=r'model.input_norm \(absent\) -> "imagenet"'):
+    train_and_evaluate(config, tmp_path, data=clusters())

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 
 from vibe_jax import defenses, files, parallel, report, rundir
-from vibe_jax.config import validate
+from vibe_jax.config import base_config, validate
 from vibe_jax.data.features import FeatureData
 from vibe_jax.data.load import Loaded, load_data
 from vibe_jax.errors import InputError
@@ -144,10 +144,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   config_json = json.loads(config.to_json_best_effort())
   fingerprint = rundir.config_fingerprint(config_json)
+  defaults = rundir.config_fingerprint(json.loads(base_config().to_json_best_effort()))
   _open_workdir(workdir)
   with rundir.WorkdirLock(workdir):
     if not fresh:
-      rundir.check_run(workdir, fingerprint)
+      rundir.check_run(workdir, fingerprint, defaults=defaults)
     loaded = _data(config, data)
     _check_against_data(config, names, loaded.data)
     identity = _identity(loaded.data)
@@ -155,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       rundir.move_aside(workdir, [e for n in names
                                   for e in defenses.build(n).workdir_entries])
     else:
-      rundir.check_run(workdir, fingerprint, identity)
+      rundir.check_run(workdir, fingerprint, identity, defaults)
     # Past validation: from here on this run owns the workdir's files.
     if loaded.data.is_images:
       _log.info("images: %d training, %d test (%s)", len(loaded.data.train_labels),
@@ -187,7 +188,8 @@ def _run(config, workdir: pathlib.Path, names: list[str], figure_names: list[str
       data, inputs, backbone = features.data, Inputs(), None
       stages["features"] = features.summary()
     ctx = defenses.DefenseContext(config=config, workdir=workdir, data=data, inputs=inputs,
-                                  backbone=backbone, log=log)
+                                  backbone=backbone, log=log,
+                                  clean=loaded.clean if data.is_images else None)
     rows = []
     for name in names:
       outcome = defenses.build(name).run(ctx)

@@ -81,12 +81,14 @@ def data_identity(arrays: dict[str, Optional[np.ndarray]]) -> dict[str, Any]:
   return {"shapes": shapes, "sha256": digest.hexdigest()}
 
 
-def _differences(old: dict, new: dict) -> list[str]:
+def _differences(old: dict, new: dict, defaults: Optional[dict] = None) -> list[str]:
   keys = sorted(set(old) | set(new))
   missing = object()
   out = []
   for k in keys:
     a, b = old.get(k, missing), new.get(k, missing)
+    if a is missing and defaults is not None and k in defaults and b == defaults[k]:
+      continue  # a key added by a later version, at the default that keeps the old behaviour
     if a != b:
       show = lambda v: "(absent)" if v is missing else json.dumps(v)
       out.append(f"{k} {show(a)} -> {show(b)}")
@@ -100,9 +102,14 @@ def _refuse(workdir: pathlib.Path, what: str, diffs: list[str]) -> None:
                    "previous-<time>/ and start again")
 
 
-def check_run(workdir: pathlib.Path, fingerprint: dict, data: Optional[dict] = None) -> None:
+def check_run(workdir: pathlib.Path, fingerprint: dict, data: Optional[dict] = None,
+              defaults: Optional[dict] = None) -> None:
   """Raises InputError if `workdir/run.json` records a different config fingerprint
-  (or, when `data` is given, a different data identity)."""
+  (or, when `data` is given, a different data identity). A key the recorded run
+  lacks (added to the config by a later version) counts as a difference only when
+  its value is not its default (`defaults`, a fingerprint of the default config):
+  new keys default to the behaviour earlier versions had, so a run started before
+  an upgrade resumes after it."""
   path = workdir / _RUN_FILE
   if not path.exists():
     return
@@ -111,7 +118,7 @@ def check_run(workdir: pathlib.Path, fingerprint: dict, data: Optional[dict] = N
   except (OSError, ValueError) as error:
     raise InputError(f"{str(path)!r} is unreadable ({error}); use a new --workdir or "
                      "--fresh") from error
-  diffs = _differences(recorded.get("fingerprint", {}), fingerprint)
+  diffs = _differences(recorded.get("fingerprint", {}), fingerprint, defaults)
   if diffs:
     _refuse(workdir, "config values", diffs)
   if data is not None and recorded.get("data") not in (None, data):

@@ -1,6 +1,6 @@
 """Defenses, picked by name with `config.defenses` (a registry, see `base.py`)."""
 
-from vibe_jax.defenses import abl, cbd, none, vibe  # registers the defenses
+from vibe_jax.defenses import abl, cbd, diffusion_distill, none, vibe  # registers the defenses
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build,
                                     defense_classes, names, register)
 

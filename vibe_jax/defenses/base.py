@@ -25,15 +25,16 @@ import optax
 
 from vibe_jax import mstep
 from vibe_jax.data.features import FeatureData
+from vibe_jax.data.load import CleanViews
 from vibe_jax.registry import Registry
 from vibe_jax.report import JsonLines
 from vibe_jax.models import VIBEModel
-from vibe_jax.train import (Inputs, LoopSettings, batch_source, build_model, fit,
-                            initial_features, initial_variables)
+from vibe_jax.train import (Inputs, LoopSettings, batch_source, build_model,
+                            classifier_state, fit, initial_features, initial_variables)
 
 __all__ = ["DefenseContext", "DefenseOutcome", "Defense", "register", "build", "names",
            "defense_classes", "build_classifier", "initial_classifier", "grouped_sgd",
-           "peer_optimizer", "train_phase"]
+           "peer_optimizer", "train_phase", "baseline_optimizer", "train_baseline"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,8 @@ class DefenseContext:
     inputs: how the stored inputs become model inputs.
     backbone: the backbone to train on images; None on feature vectors.
     log: writes one metrics row (JSON lines).
+    clean: on image data, the unpoisoned images behind `data` (for defenses that
+      need them, e.g. the distillation's identity oracle); None otherwise.
   """
 
   config: ml_collections.ConfigDict
@@ -55,6 +58,7 @@ class DefenseContext:
   inputs: Inputs
   backbone: Optional[str]
   log: JsonLines
+  clean: Optional[CleanViews] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +188,34 @@ def train_phase(ctx: DefenseContext, name: str, state, step_fn, arrays: dict[str
              settings=LoopSettings.from_config(config, num_steps), workdir=ctx.workdir,
              log=ctx.log, key=jax.random.fold_in(jax.random.PRNGKey(config.seed),
                                                  _stage_seed(name)), hooks=hooks)
+
+
+def baseline_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The no-defense recipe's optimizer: grouped SGD of `config.optim`, or one
+  cosine-decayed `config.baseline.lr` for every group."""
+  if not config.baseline.lr:
+    return grouped_sgd(config.optim)
+  schedule = optax.cosine_decay_schedule(config.baseline.lr, config.num_steps)
+  return grouped_sgd(config.optim, {g: schedule for g in mstep.GROUPS})
+
+
+def train_baseline(ctx: DefenseContext) -> tuple[VIBEModel, Any, int]:
+  """(model, final state, images seen) of the no-defense recipe: cross-entropy on the
+  given labels, stage `baseline` (checkpoints in `workdir/baseline/`). A finished
+  stage is restored, not retrained, so a defense that needs this model (the
+  distillation teacher) shares the no-defense row's."""
+  config, data = ctx.config, ctx.data
+  model = build_classifier(ctx)
+  init_vars, features = initial_classifier(ctx, model, config.model.backbone_weights)
+  state = classifier_state(init_vars, features, data.train_labels, data.num_classes,
+                           baseline_optimizer(config), config.seed)
+  source = batch_source({"x": data.train_features, "y": data.train_labels},
+                        config.batch_size, config.seed, config.data.prefetch)
+  state = fit(name="baseline", state=state,
+              step_fn=ctx.inputs.augmenting(mstep.make_baseline_step(model)),
+              source=source, settings=LoopSettings.from_config(config),
+              workdir=ctx.workdir, log=ctx.log, key=jax.random.PRNGKey(config.seed))
+  return model, state, config.num_steps * source.batch_size
 
 
 def _stage_seed(name: str) -> int:
