@@ -14,7 +14,8 @@ one run per seed (`,seed=S`, workdir `.../V/seedS`). One whose workdir already
 holds results.json is skipped, one that was interrupted resumes from its
 checkpoints. Afterwards (or with --collect_only) ROOT/summary.md gets one Markdown
 row per experiment and method, with provenance and wall times (the method's, and
-the run's feature extraction), from the results.json files. --dry_run prints the
+the run's feature extraction), from the results.json files, and ROOT/table.md one
+row per dataset and attack with every method's ACC / ASR (mean ± sd over seeds). --dry_run prints the
 commands instead.
 """
 
@@ -72,6 +73,52 @@ def summary(root: pathlib.Path) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _cell(values: list[float]) -> str:
+  """A percentage, or mean ± sample standard deviation over seeds."""
+  pct = [100 * v for v in values]
+  if len(pct) == 1:
+    return f"{pct[0]:.1f}"
+  mean = sum(pct) / len(pct)
+  sd = (sum((v - mean) ** 2 for v in pct) / (len(pct) - 1)) ** 0.5
+  return f"{mean:.1f} ± {sd:.1f}"
+
+
+def pivot(root: pathlib.Path) -> str:
+  """One Markdown row per (dataset, attack): ACC / ASR of each method (VIBE named by
+  its variant directory, e.g. VIBE-FM-F), mean ± sd where several seeds ran, and
+  the seeds counted; from the results.json files under `root` (laid out
+  DATASET/ATTACK/VARIANT[/seedS] as `commands` makes them)."""
+  cells: dict[tuple[str, str], dict[str, list]] = {}
+  methods: list[str] = []
+  seeds: dict[tuple[str, str], set] = {}
+  for path in sorted(root.rglob("results.json")):
+    parts = path.parent.relative_to(root).parts
+    if len(parts) < 3:
+      continue
+    dataset, attack, variant = parts[:3]
+    results = json.loads(path.read_text())
+    key = (dataset, attack)
+    seeds.setdefault(key, set()).add(results["seed"])
+    for row in results["rows"]:
+      method = row["method"]
+      if method.startswith("VIBE"):
+        method = f"VIBE-{variant.upper().replace('_', '-')}"
+      if method not in methods:
+        methods.append(method)
+      got = cells.setdefault(key, {}).setdefault(method, [[], []])
+      got[0].append(row["clean_acc"])
+      got[1].append(row["asr"])
+  # The undefended row first, VIBE last, the peers between them in the order they ran.
+  methods.sort(key=lambda m: (m != "no defense", m.startswith("VIBE"), m))
+  lines = ["| dataset | attack | seeds | " + " | ".join(f"{m} ACC / ASR (%)" for m in methods)
+           + " |", "|---|---|---:|" + "---:|" * len(methods)]
+  for key in sorted(cells):
+    row = [f"{_cell(cells[key][m][0])} / {_cell(cells[key][m][1])}" if m in cells[key]
+           else "-" for m in methods]
+    lines.append(f"| {key[0]} | {key[1]} | {len(seeds[key])} | " + " | ".join(row) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dataset", default="cifar10", choices=sorted(grid.ATTACKS))
@@ -106,7 +153,8 @@ def main():
   if not args.dry_run:
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.md").write_text(summary(root))
-    print(f"wrote {root / 'summary.md'}")
+    (root / "table.md").write_text(pivot(root))
+    print(f"wrote {root / 'summary.md'} and {root / 'table.md'}")
 
 
 if __name__ == "__main__":

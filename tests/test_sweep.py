@@ -46,3 +46,22 @@ def test_a_config_file_and_seeds_give_one_run_per_seed(tmp_path):
   assert len(out) == 2
   assert "--config=configs/fm_cpu.py:dataset=imagenette,attack=blend,variant=fm_f,seed=2" in out[1]
   assert f"--workdir={tmp_path}/imagenette/blend/fm_f/seed2" in out[1]
+
+
+def test_the_pivot_table_has_one_row_per_attack_with_the_seed_spread(tmp_path):
+  def write(attack, variant, seed, rows):
+    run = tmp_path / "cifar10" / attack / variant / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"seed": seed, "rows": rows}))
+
+  for seed, acc in ((0, 0.70), (1, 0.72), (2, 0.74)):
+    write("blend", "fm_f", seed, [{"method": "no defense", "clean_acc": acc, "asr": 0.9},
+                                  {"method": "VIBE-F", "clean_acc": acc, "asr": 0.02}])
+  write("blend", "fm_a", 0, [{"method": "VIBE-A", "clean_acc": 0.7, "asr": 0.05}])
+  subprocess.run([sys.executable, "experiments/sweep.py", f"--root={tmp_path}",
+                  "--collect_only"], cwd=ROOT, check=True, capture_output=True)
+  table = (tmp_path / "table.md").read_text().splitlines()
+  assert table[0] == ("| dataset | attack | seeds | no defense ACC / ASR (%) | "
+                      "VIBE-FM-A ACC / ASR (%) | VIBE-FM-F ACC / ASR (%) |")
+  assert table[2] == ("| cifar10 | blend | 3 | 72.0 ± 2.0 / 90.0 ± 0.0 | 70.0 / 5.0 | "
+                      "72.0 ± 2.0 / 2.0 ± 0.0 |")

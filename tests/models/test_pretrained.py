@@ -8,6 +8,8 @@ has both. Nothing is downloaded."""
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +58,16 @@ def test_converted_imagenet_weights_recognise_imagenette_images():
   rand = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
   wrong = np.argmax(np.asarray(model.apply(rand, jnp.asarray(x, jnp.float32))), 1)
   assert np.mean(wrong == truth) < 0.2
+
+
+def test_the_convert_command_finds_the_packaged_weights(tmp_path):
+  out = tmp_path / "lite0.msgpack"
+  run = subprocess.run([sys.executable, "-m", "vibe_jax.tools.convert",
+                        "--backbone=efficientnet_lite0", f"--out={out}"],
+                       cwd=pathlib.Path(__file__).resolve().parents[2], capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr
+  assert "sha256 579344248a93e230" in run.stdout
+  variables = convert.load_variables(out)
+  assert variables["params"]["conv_stem"]["kernel"].shape == (3, 3, 3, 32)
+  assert "fc" not in variables["params"]  # the backbone: features, no classifier
