@@ -15,7 +15,9 @@ holds results.json is skipped, one that was interrupted resumes from its
 checkpoints. Afterwards (or with --collect_only) ROOT/summary.md gets one Markdown
 row per experiment and method, with provenance and wall times (the method's, and
 the run's feature extraction), from the results.json files, and ROOT/table.md one
-row per dataset and attack with every method's ACC / ASR (mean ± sd over seeds). --dry_run prints the
+row per dataset and attack with every method's ACC / ASR (mean ± sd over seeds), and
+ROOT/details.md one row per VIBE run (pseudo-labels of the poisoned and of the
+target class's clean examples, wall time per stage). --dry_run prints the
 commands instead.
 """
 
@@ -119,6 +121,46 @@ def pivot(root: pathlib.Path) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _first_estep(workdir: pathlib.Path) -> dict:
+  """The first E-step's metrics row of a run (metrics.jsonl), or {}."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return {}
+  for line in path.read_text().splitlines():
+    row = json.loads(line)
+    if row.get("event") == "estep" and row.get("step") == 0:
+      return row
+  return {}
+
+
+def details(root: pathlib.Path) -> str:
+  """One Markdown row per VIBE run: what its pseudo-labels did to the poisoned
+  examples and to the target class's clean ones (after the first E-step and at the
+  end), and the wall time of each stage of the run (feature extraction, then every
+  method's training and evaluation)."""
+  lines = ["| experiment | method | poisoned relabelled (%) | poisoned given their true label "
+           "(%) | clean target relabelled, first E-step -> end (%) | wall time per stage (s) |",
+           "|---|---|---:|---:|---:|---|"]
+  pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+  for path in sorted(root.rglob("results.json")):
+    results = json.loads(path.read_text())
+    name = str(path.parent.relative_to(root))
+    stages = []
+    features = results.get("stages", {}).get("features", {})
+    if features:
+      stages.append(f"features {features['seconds']:.0f}")
+    stages += [f"{row['method']} {row['wall_time_s']:.0f}" for row in results["rows"]]
+    first = _first_estep(path.parent)
+    for row in results["rows"]:
+      if "pseudo_given_agreement" not in row:
+        continue
+      lines.append(f"| {name} | {row['method']} | {pct(row.get('pseudo_poisoned_relabelled'))} | "
+                   f"{pct(row.get('pseudo_poisoned_true_agreement'))} | "
+                   f"{pct(first.get('clean_target_relabelled'))} -> "
+                   f"{pct(row.get('pseudo_clean_target_relabelled'))} | {', '.join(stages)} |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dataset", default="cifar10", choices=sorted(grid.ATTACKS))
@@ -154,7 +196,8 @@ def main():
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.md").write_text(summary(root))
     (root / "table.md").write_text(pivot(root))
-    print(f"wrote {root / 'summary.md'} and {root / 'table.md'}")
+    (root / "details.md").write_text(details(root))
+    print(f"wrote {root / 'summary.md'}, {root / 'table.md'} and {root / 'details.md'}")
 
 
 if __name__ == "__main__":

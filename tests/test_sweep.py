@@ -65,3 +65,24 @@ def test_the_pivot_table_has_one_row_per_attack_with_the_seed_spread(tmp_path):
                       "VIBE-FM-A ACC / ASR (%) | VIBE-FM-F ACC / ASR (%) |")
   assert table[2] == ("| cifar10 | blend | 3 | 72.0 ± 2.0 / 90.0 ± 0.0 | 70.0 / 5.0 | "
                       "72.0 ± 2.0 / 2.0 ± 0.0 |")
+
+
+def test_details_report_the_first_and_last_pseudo_labels_and_stage_times(tmp_path):
+  run = tmp_path / "cifar10" / "wanet" / "fm_f" / "seed0"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps({
+      "seed": 0, "stages": {"features": {"seconds": 700.4}},
+      "rows": [{"method": "no defense", "clean_acc": 0.7, "asr": 0.5, "wall_time_s": 41.0},
+               {"method": "VIBE-F", "clean_acc": 0.7, "asr": 0.05, "wall_time_s": 75.2,
+                "pseudo_given_agreement": 0.9, "pseudo_poisoned_relabelled": 0.9,
+                "pseudo_poisoned_true_agreement": 0.6,
+                "pseudo_clean_target_relabelled": 0.125}]}))
+  (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+      {"stage": "vibe", "step": 0, "event": "train", "loss": 1.0},
+      {"stage": "vibe", "step": 0, "event": "estep", "clean_target_relabelled": 0.5},
+      {"stage": "vibe", "step": 500, "event": "estep", "clean_target_relabelled": 0.2})))
+  subprocess.run([sys.executable, "experiments/sweep.py", f"--root={tmp_path}",
+                  "--collect_only"], cwd=ROOT, check=True, capture_output=True)
+  table = (tmp_path / "details.md").read_text().splitlines()
+  assert table[2] == ("| cifar10/wanet/fm_f/seed0 | VIBE-F | 90.0 | 60.0 | 50.0 -> 12.5 | "
+                      "features 700, no defense 41, VIBE-F 75 |")
