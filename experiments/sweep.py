@@ -149,7 +149,8 @@ def details(root: pathlib.Path) -> str:
     features = results.get("stages", {}).get("features", {})
     if features:
       stages.append(f"features {features['seconds']:.0f}")
-    stages += [f"{row['method']} {row['wall_time_s']:.0f}" for row in results["rows"]]
+    stages += [f"{row['method']} {row['wall_time_s']:.0f}" for row in results["rows"]
+               if row.get("wall_time_s") is not None]
     first = _first_estep(path.parent)
     for row in results["rows"]:
       if "pseudo_given_agreement" not in row:
