@@ -2,6 +2,7 @@
 problem, and every file already in the workdir unchanged."""
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -24,6 +25,26 @@ def _run(workdir, *args, config="configs/quickstart.py"):
   cmd = [sys.executable, "-m", "vibe_jax.main", f"--config={config}", f"--workdir={workdir}",
          "--config.progress_bar=False", *args]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _run_in_one_process(cases: dict) -> dict:
+  """{case id: argv} -> {case id: {"code", "stdout", "stderr"}}, every case a full
+  `main.run()` in one Python process (tests/cli_driver.py)."""
+  ids = list(cases)
+  argvs = [[f"--config={c}", f"--workdir={w}", "--config.progress_bar=False", *a]
+           for c, w, a in (cases[i] for i in ids)]
+  out = subprocess.run([sys.executable, "-m", "tests.cli_driver"], cwd=ROOT, input=json.dumps(argvs),
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  return dict(zip(ids, json.loads(out.stdout)))
+
+
+def _one_line(result: dict, message: str) -> None:
+  """Exit code 2 and exactly one stderr line containing `message`."""
+  assert result["code"] == 2, result["stderr"]
+  lines = result["stderr"].strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result["stderr"]
 
 
 def _files(root: pathlib.Path) -> dict[str, str]:
@@ -136,7 +157,12 @@ CONFIG_CASES = [
     (("unexpected",), "unexpected arguments"),
     (("--config.data.placement=disk",), "config.data.placement must be one of"),
     (("--config.data.device_share=0",), "config.data.device_share must be > 0"),
-    # Multi-host: settings that cannot work, and a coordinator nobody runs.
+]
+
+# Multi-host settings start JAX's distributed runtime, which is process-global:
+# each runs in its own process.
+MULTIHOST_CASES = [
+    # settings that cannot work, and a coordinator nobody runs
     (("--num_processes=2", "--process_id=2", "--coordinator_address=127.0.0.1:1234"),
      "--process_id must be in 0 .. 1"),
     (("--coordinator_address=nohost",), "--coordinator_address must be host:port"),
@@ -146,16 +172,14 @@ CONFIG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args,message", CONFIG_CASES)
-def test_bad_config_values_stop_with_one_line_and_touch_nothing(tmp_path, finished, args,
-                                                                message):
+@pytest.mark.parametrize("args,message", MULTIHOST_CASES)
+def test_bad_multihost_settings_stop_with_one_line_and_touch_nothing(tmp_path, finished, args,
+                                                                    message):
   workdir = tmp_path / "run"
   shutil.copytree(finished, workdir)
   before = _files(workdir)
   out = _run(workdir, *QUICK, *args)
-  assert out.returncode == 2, out.stderr
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], out.stderr
+  _one_line({"code": out.returncode, "stderr": out.stderr}, message)
   after = _files(workdir)
   after.pop("error.log", None)  # the traceback of the refusal, a new file
   assert after == before
@@ -211,31 +235,68 @@ DATA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args,message", DATA_CASES)
-def test_bad_data_stops_with_one_line_and_writes_no_result(tmp_path, inputs, args, message):
-  workdir = tmp_path / "run"
-  out = _run(workdir, *QUICK, *args(inputs))
-  assert out.returncode == 2, out.stderr
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], out.stderr
-  # Stopped before any result: at most the refusal's traceback was written.
-  assert not workdir.exists() or sorted(p.name for p in workdir.iterdir()) == ["error.log"]
-
-
-@pytest.mark.parametrize("config,workdir,message", [
+FILE_CASES = [
     ("{r}/syntax.py", "{t}/run", "cannot load --config"),
     ("{r}/no_get_config.py", "{t}/run", "cannot load --config"),
     ("configs/no_such_config.py", "{t}/run", "no_such_config.py' does not exist"),
     ("configs/quickstart.py", "{r}/a_file", "is a file, not a directory"),
     ("configs/quickstart.py", "/dev/null/run", "cannot create --workdir"),
     ("configs/quickstart.py", "gs://bucket/run", "is a URL"),
-])
-def test_bad_config_file_or_workdir_is_one_line(tmp_path, inputs, config, workdir, message):
-  fill = lambda s: s.format(r=inputs, t=tmp_path)
-  out = _run(fill(workdir), *QUICK, config=fill(config))
-  assert out.returncode == 2, out.stderr
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], out.stderr
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory, finished, inputs):
+  """Every in-process case below, run once in one process: {case id: (result,
+  workdir, files of the workdir before)}."""
+  root = tmp_path_factory.mktemp("refusals")
+  cases, before, workdirs = {}, {}, {}
+  quickstart = "configs/quickstart.py"
+  for i, (args, _) in enumerate(CONFIG_CASES):  # in a copy of a finished run
+    workdir = root / f"config{i}"
+    shutil.copytree(finished, workdir)
+    before[f"config{i}"] = _files(workdir)
+    cases[f"config{i}"] = (quickstart, workdir, [*QUICK, *args])
+  for i, (args, _) in enumerate(DATA_CASES):  # in a new workdir
+    cases[f"data{i}"] = (quickstart, root / f"data{i}", [*QUICK, *args(inputs)])
+  for i, (config, workdir, _) in enumerate(FILE_CASES):
+    fill = lambda s: s.format(r=inputs, t=root / f"file{i}")
+    cases[f"file{i}"] = (fill(config), fill(workdir), list(QUICK))
+  results = _run_in_one_process(cases)
+  return {k: (results[k], pathlib.Path(cases[k][1]), before.get(k)) for k in cases}
+
+
+# One worker runs the module's in-process cases (pytest-xdist --dist loadgroup), so
+# that the process running them starts once.
+in_one_process = pytest.mark.xdist_group("cli_refusals")
+
+
+@in_one_process
+@pytest.mark.parametrize("case,message", [(f"config{i}", m) for i, (_, m) in
+                                          enumerate(CONFIG_CASES)])
+def test_bad_config_values_stop_with_one_line_and_touch_nothing(refusals, case, message):
+  result, workdir, before = refusals[case]
+  _one_line(result, message)
+  after = _files(workdir)
+  after.pop("error.log", None)  # the traceback of the refusal, a new file
+  assert after == before
+
+
+@in_one_process
+@pytest.mark.parametrize("case,message", [(f"data{i}", m) for i, (_, m) in
+                                          enumerate(DATA_CASES)])
+def test_bad_data_stops_with_one_line_and_writes_no_result(refusals, case, message):
+  result, workdir, _ = refusals[case]
+  _one_line(result, message)
+  # Stopped before any result: at most the refusal's traceback was written.
+  assert not workdir.exists() or sorted(p.name for p in workdir.iterdir()) == ["error.log"]
+
+
+@in_one_process
+@pytest.mark.parametrize("case,message", [(f"file{i}", m) for i, (*_, m) in
+                                          enumerate(FILE_CASES)])
+def test_bad_config_file_or_workdir_is_one_line(refusals, case, message):
+  _one_line(refusals[case][0], message)
 
 
 def test_skipping_bad_images_counts_them(tmp_path, inputs):

@@ -98,7 +98,8 @@ def _setup_logging():
     logging.set_verbosity(logging.WARNING)
   ours = std_logging.getLogger("vibe_jax")
   ours.setLevel(std_logging.INFO)
-  ours.addHandler(_TqdmHandler())
+  if not any(isinstance(h, _TqdmHandler) for h in ours.handlers):  # once per process
+    ours.addHandler(_TqdmHandler())
   ours.propagate = False
 
 

@@ -94,6 +94,13 @@ def test_weights_are_identified_by_their_hash(tmp_path):
     assert result.images_embedded == expect
     record = json.loads(next((tmp_path / f"run{seed}").glob("features.json")).read_text())
     assert record["weights_sha256"] == convert.file_sha256(weights)
+  # The same weights at another path (moved, another checkout): the cache is reused.
+  moved = tmp_path / "elsewhere" / "w.msgpack"
+  moved.parent.mkdir()
+  moved.write_bytes(weights.read_bytes())
+  config.model.backbone_weights = str(moved)
+  result, _ = _extract(config, tmp_path / "moved")
+  assert result.images_embedded == 0
 
 
 def test_an_interrupted_extraction_resumes_at_its_block(tmp_path, monkeypatch):

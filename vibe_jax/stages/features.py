@@ -74,11 +74,11 @@ class FeaturesResult:
 
 
 def backbone_key(config: ml_collections.ConfigDict) -> dict:
-  """What determines a backbone's features of an image: name, weights (path and
-  SHA-256; with random weights the seed that draws them), input size and
-  normalisation."""
+  """What determines a backbone's features of an image: name, weights (their
+  SHA-256, not their path: moved or copied weights keep their caches; with random
+  weights the seed that draws them), input size and normalisation."""
   weights = config.model.backbone_weights
-  return {"backbone": config.model.backbone, "weights": weights,
+  return {"backbone": config.model.backbone,
           "weights_sha256": file_sha256(weights) if weights else None,
           "init_seed": None if weights else config.seed,
           "input_size": config.model.input_size,
@@ -106,8 +106,8 @@ class _Embedder:
     self.embedded = 0
 
   def __call__(self, rows: Any, partial: pathlib.Path, what: str) -> Optional[np.ndarray]:
-    if rows is None:
-      return None
+    if rows is None or len(rows) == 0:
+      return None  # e.g. an attack that changes no training image of a tiny subset
     n = len(rows)
     partial.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, n, self._block))

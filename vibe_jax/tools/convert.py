@@ -8,6 +8,7 @@
 See `vibe_jax.models.convert` for the supported layouts and where to get weights.
 """
 
+import pathlib
 import sys
 
 from absl import app
@@ -15,6 +16,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from vibe_jax import files
 from vibe_jax.models.backbones import build_backbone
 from vibe_jax.models.convert import (file_sha256, load_state_dict, pretrained_path,
                                      save_variables, torch_to_flax)
@@ -40,7 +42,12 @@ def main(argv):
     variables = torch_to_flax(load_state_dict(weights), template)
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"FATAL: {error}")
-  save_variables(variables, _OUT.value)
+  out = pathlib.Path(_OUT.value)
+  try:  # the README's command writes into weights/, absent in a fresh clone
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files.save_with(out, lambda tmp: save_variables(variables, tmp))
+  except OSError as error:
+    sys.exit(f"FATAL: cannot write {out}: {error}")
   print(f"wrote {_OUT.value} from {weights} (sha256 {file_sha256(weights)[:16]}...)")
 
 
