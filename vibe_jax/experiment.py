@@ -16,7 +16,9 @@ workdir (the ones replaced whole are written atomically):
   results.json     rows, each stage's outputs, provenance, seed, config;
   results.md       the rows as a Markdown table with provenance;
   curves.png       losses and pseudo-label quality against the step;
-  comparison.png   ACC and ASR of every defense, as bars.
+  comparison.png   ACC and ASR of every defense, as bars;
+  certified.json, certified.png  with the `certify` evaluator, the certified curves
+                   of the defenses that certify (RAB, Cert-SSBD), with provenance.
 """
 
 import json
@@ -84,7 +86,8 @@ def _check_against_data(config, names: list[str], data: FeatureData) -> None:
     if size % devices:
       raise InputError(f"config.{key} {size} is not divisible by the {devices} devices")
   backbone = config.model.backbone or None
-  if data.is_images and backbone is None:
+  own = all(defenses.build(n).own_model for n in names)  # e.g. the smoothed ensembles
+  if data.is_images and backbone is None and not own:
     raise InputError("images need config.model.backbone (a name from "
                      "vibe_jax.models.backbones)")
   if not data.is_images and backbone is not None:
@@ -209,6 +212,10 @@ def _run(config, workdir: pathlib.Path, names: list[str], figure_names: list[str
   report.write_results(workdir, results)
   report.plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
   attack = config.data.attack if data.train_poisoned is not None else ""
-  report.plot_comparison(rows, workdir / "comparison.png",
-                         f"{pathlib.Path(config.data.dataset).name or config.data.source} {attack}".strip())
+  title = f"{pathlib.Path(config.data.dataset).name or config.data.source} {attack}".strip()
+  report.plot_comparison(rows, workdir / "comparison.png", title)
+  if report.plot_certified(rows, workdir / "certified.png", title):
+    files.write_json(workdir / "certified.json", {
+        "rows": [{"method": r["method"], **r["certified"]} for r in rows if r.get("certified")],
+        "seed": config.seed, "provenance": origin, "config": config_json})
   return results

@@ -68,6 +68,12 @@ def poisoned_summary(row: dict[str, Any]) -> str:
   if "abl_isolated_poisoned" in row:
     return (f"isolated {row['abl_isolated']}: {_percent(row['abl_isolated_poisoned'])}% "
             f"poisoned, {_percent(row.get('abl_poisoned_isolated'))}% of the poisoned")
+  if "cert_acc_r0" in row:
+    text = (f"certified ACC {_percent(row['cert_acc_r0'])}% at r=0, "
+            f"{_percent(row.get('cert_acc_r0.25'))}% at r=0.25")
+    if "cert_asr_r0" in row:
+      text += f"; certified ASR {_percent(row['cert_asr_r0'])}% at r=0"
+    return text
   if "cbd_poisoned_weight" in row:
     return (f"mean weight {row['cbd_poisoned_weight']:.2f}, "
             f"{_percent(row.get('cbd_poisoned_downweighted'))}% below 1")
@@ -119,6 +125,35 @@ def plot_comparison(rows: list[dict[str, Any]], out_path: pathlib.Path,
   plt.close(fig)
 
 
+def plot_certified(rows: list[dict[str, Any]], out_path: pathlib.Path, title: str = ""
+                   ) -> bool:
+  """Certified accuracy (solid) and certified ASR (dashed) against the radius, one
+  colour per row that certified (rows with "certified"); False when none did."""
+  rows = [r for r in rows if r.get("certified")]
+  if not rows:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(5.6, 3.8))
+  for i, row in enumerate(rows):
+    colour = f"C{i}"
+    for name, style, what in (("clean", "-", "certified ACC"), ("triggered", "--",
+                                                                 "certified ASR")):
+      curve = row["certified"].get(name)
+      if curve:
+        ax.plot(curve["radius"], [100 * v for v in curve["certified_accuracy"]], style,
+                color=colour, marker="o", markersize=3, label=f"{row['method']}: {what}")
+  ax.set(xlabel="radius (l2 of the training-time trigger)", ylabel="% of test images",
+         ylim=(0, 101), title=title or "certified against the trigger radius")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  files.save_with(out_path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+  plt.close(fig)
+  return True
+
+
 def write_results(workdir: pathlib.Path, results: dict[str, Any]) -> None:
   """Writes results.json and results.md (table plus provenance) to `workdir`."""
   files.write_json(workdir / "results.json", results)
@@ -156,7 +191,11 @@ def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
       right.plot(*zip(*points), marker="o", label=label)
   right.set(xlabel="step", ylabel="% of training examples", title="E-step pseudo-labels",
             ylim=(0, 101))
-  right.legend()
+  if esteps:  # runs without an E-step (ensembles, baselines) leave this panel empty
+    right.legend()
+  else:
+    right.text(0.5, 0.5, "no E-step in this run", ha="center", va="center",
+               transform=right.transAxes)
   fig.tight_layout()
   files.save_with(out_path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
   plt.close(fig)

@@ -4,7 +4,7 @@
   images, labels = attack.poison(images, labels, indices)
 """
 
-from vibe_jax.attacks import adaptive, badnets, blend, ftrojan, lc, wanet  # registers
+from vibe_jax.attacks import adaptive, badnets, blend, ftrojan, lc, rab, wanet  # registers
 from vibe_jax.attacks.base import Attack, build, names, register
 from vibe_jax.attacks.selection import poisoned_indices
 

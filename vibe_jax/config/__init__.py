@@ -11,6 +11,7 @@ import ml_collections
 
 from vibe_jax import defenses
 from vibe_jax import checks as ck
+from vibe_jax.data.sources import parse_classes
 from vibe_jax.errors import InputError
 from vibe_jax.models.backbones import BACKBONES
 
@@ -27,13 +28,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "npz"  # "npz" (data.path), "digits" (quickstart) or "images"
   c.data.path = ""
-  # source="images": a TFDS name or an image folder, poisoned by data.attack.
+  # source="images": a TFDS name, "sklearn_digits" or an image folder, poisoned by
+  # data.attack.
   c.data.dataset = ""
   c.data.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
   c.data.attack = "badnets"
   c.data.attack_params = ""  # "key=value,..." overriding the attack's defaults
   c.data.train_subset = 0  # > 0: a stratified subset of this many training images
   c.data.test_subset = 0
+  # images: the source classes to keep, relabelled in this order ("2,0": 2 -> 0,
+  # 0 -> 1), before the subsets; "" = every class.
+  c.data.classes = ""
   c.data.poison_rate = 0.1  # digits only
   c.data.target = 0  # digits only
   c.data.patch = 2  # digits only: trigger side in pixels
@@ -95,7 +100,8 @@ def check_base(c: ml_collections.ConfigDict) -> list[str]:
   p += ck.text(c, "defenses") + ck.text(c, "evaluators")
   p += ck.choice(c, "data.source", ("npz", "digits", "images"))
   for key in ("data.path", "data.dataset", "data.data_dir", "data.attack",
-              "data.attack_params", "model.backbone", "model.backbone_weights"):
+              "data.attack_params", "data.classes", "model.backbone",
+              "model.backbone_weights"):
     p += ck.text(c, key)
   p += ck.integer(c, "data.train_subset", 0) + ck.integer(c, "data.test_subset", 0)
   p += ck.number(c, "data.poison_rate", 0.0, 1.0) + ck.integer(c, "data.target", 0)
@@ -105,6 +111,15 @@ def check_base(c: ml_collections.ConfigDict) -> list[str]:
   p += ck.choice(c, "data.placement", ("auto", "device", "stream"))
   p += ck.number(c, "data.device_share", 0.0, 1.0, low_open=True)
   p += ck.integer(c, "data.prefetch", 1)
+  if isinstance(c.data.classes, str):
+    try:
+      parse_classes(c.data.classes)  # the format; the class ids need the dataset
+    except InputError as error:
+      p.append(str(error))
+  if c.data.classes and c.data.source != "images":
+    p.append(f"config.data.classes={c.data.classes!r} picks classes of an image dataset, "
+             f"but config.data.source is {c.data.source!r}; use source='images' (e.g. "
+             "dataset='sklearn_digits') or leave classes empty")
   if c.data.source == "digits" and not p:
     p += ck.integer(c, "data.target", 0, 9)
   p += ck.choice(c, "model.variant", ("A", "F"))

@@ -3,8 +3,10 @@
 config.data.source:
   "digits"  the offline quickstart data (features = pixels);
   "npz"     a feature file (config.data.path);
-  "images"  config.data.dataset (a TFDS name or an image folder, config.data.data_dir
-            for TFDS) poisoned with config.data.attack (config.data.attack_params,
+  "images"  config.data.dataset (a built-in name such as a TFDS one or
+            "sklearn_digits", or an image folder; config.data.data_dir for TFDS), only
+            the classes config.data.classes lists ("2,0": class 2 -> 0, 0 -> 1; "" =
+            all), poisoned with config.data.attack (config.data.attack_params,
             "key=value,...", overriding its defaults, the poisoned set drawn from config.seed); the
             poisoned index set and the attack's parameters come back as
             `Loaded.poisoning` for the caller to write (`poisoning.json`).
@@ -25,8 +27,9 @@ from vibe_jax.data.digits import badnets_digits
 from vibe_jax.data.features import FeatureData, load_npz
 from vibe_jax.data import rows as lazy
 from vibe_jax.data.poisoned import TriggeredTestSet, poison_train_set
-from vibe_jax.data.sources import (DatasetInfo, ImageSource, SubsetSource, dataset_info,
-                                   decodable, open_source, stratified_subset)
+from vibe_jax.data.sources import (ClassSubset, DatasetInfo, ImageSource, SubsetSource,
+                                   dataset_info, decodable, open_source, parse_classes,
+                                   stratified_subset)
 from vibe_jax.errors import InputError
 from vibe_jax.models.vmf import l2_normalize
 
@@ -45,8 +48,8 @@ class CleanViews(NamedTuple):
     train / test: the clean training and test splits (subsets applied), as rows.
     changed: (N,) bool, the training rows whose pixels the attack altered
       (poisoned, and for adaptive attacks the covers).
-    key: what identifies the clean splits (dataset, splits, subset and its seed,
-      a digest of the labels), JSON-ready.
+    key: what identifies the clean splits (dataset, splits, kept classes, subset
+      and its seed, a digest of the labels), JSON-ready.
   """
 
   train: lazy.ImageRows
@@ -84,6 +87,15 @@ def _subset(source: ImageSource, size: int, seed: int, what: str) -> ImageSource
     raise InputError(f"config.data.{what}_subset is {size}, but the {what} split has only "
                      f"{len(source)} images")
   return SubsetSource(source, stratified_subset(source.labels, size, seed))
+
+
+def _keep_classes(source: ImageSource, classes: tuple[int, ...],
+                  config: ml_collections.ConfigDict) -> ImageSource:
+  try:
+    return ClassSubset(source, classes)
+  except InputError as error:
+    raise InputError(f"config.data.classes={config.data.classes!r} for dataset "
+                     f"{config.data.dataset!r}: {error}") from error
 
 
 def _skip_bad(source: ImageSource, what: str) -> ImageSource:
@@ -126,10 +138,16 @@ def placement(config: ml_collections.ConfigDict, num_images: int, side: int) -> 
 
 def _images(config: ml_collections.ConfigDict) -> Loaded:
   d = config.data
+  classes = parse_classes(d.get("classes", ""))  # a bad list stops before any reading
   info = dataset_info(d.dataset)
   data_dir = d.get("data_dir") or None
   train_source = open_source(d.dataset, info.train_split, data_dir=data_dir)
   test_source = open_source(d.dataset, info.test_split, data_dir=data_dir)
+  if classes:
+    # Before the subsets, so that they draw from the kept classes only; before the
+    # decode check, which then reads only the kept images.
+    train_source = _keep_classes(train_source, classes, config)
+    test_source = _keep_classes(test_source, classes, config)
   if d.skip_bad_images:
     train_source = _skip_bad(train_source, "training")
     test_source = _skip_bad(test_source, "test")
@@ -168,6 +186,10 @@ def _images(config: ml_collections.ConfigDict) -> Loaded:
          "subset_seed": config.seed if (d.train_subset or d.test_subset) else None,
          "skip_bad_images": bool(d.skip_bad_images), "num_images": int(len(labels)),
          "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+  if classes:
+    # Only when set, so that caches of whole datasets made before this key keep
+    # their key; a class subset's key then never equals a whole dataset's.
+    key["classes"] = list(classes)
   clean = CleanViews(lazy.clean_rows(train_source), lazy.clean_rows(test_source),
                      train.poisoned | train.covered, key)
   return Loaded(data.validate(), info, train.metadata(), where, clean)

@@ -10,6 +10,10 @@ array (needed to choose the poisoned examples without decoding every image).
   the dataset once needs TensorFlow (see `prepare_hint`).
 - A directory laid out as `DIR/SPLIT/CLASS/FILE` is an image folder; classes are
   the sorted folder names.
+- `sklearn_digits` is scikit-learn's 8x8 digits as RGB images, offline (the stand-in
+  for MNIST, which cannot be downloaded everywhere).
+
+`ClassSubset` keeps some classes of a source and relabels them 0..k-1 (binary tasks).
 
 Sources of ImageNet-sized images resize to `image_size` x `image_size` on read, as
 the reference does before poisoning (spec 10.2).
@@ -27,8 +31,8 @@ from PIL import Image
 from vibe_jax.errors import InputError, MissingFileError
 
 __all__ = ["DatasetInfo", "DATASETS", "ImageSource", "ArraySource", "SubsetSource",
-           "ImageFolderSource", "TfdsSource", "open_source", "dataset_info",
-           "stratified_subset"]
+           "ClassSubset", "ImageFolderSource", "TfdsSource", "open_source", "dataset_info",
+           "parse_classes", "sklearn_digits_source", "stratified_subset"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -38,7 +42,8 @@ class DatasetInfo:
   """What the pipeline needs to know about a dataset.
 
   Attributes:
-    tfds_name: the TFDS name (with config), or "" for an image folder.
+    tfds_name: the TFDS name (with config), or "" for an image folder or a built-in
+      in-memory dataset (`sklearn_digits`).
     train_split / test_split: split names.
     image_size: side of the (square) images the attacks and models see.
     mean / std: per-channel normalisation (spec 10.2).
@@ -57,6 +62,9 @@ class DatasetInfo:
 _CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
 _CIFAR100_NORM = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 _IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# The grey sklearn digits' own statistics (all 1,797 images, every pixel), not
+# CIFAR's: the digits are mostly black background, far from CIFAR's mean.
+_DIGITS_NORM = ((0.3053, 0.3053, 0.3053), (0.3759, 0.3759, 0.3759))
 
 DATASETS = {
     "cifar10": DatasetInfo("cifar10", "train", "test", 32, *_CIFAR10_NORM, True),
@@ -65,6 +73,8 @@ DATASETS = {
                                 *_IMAGENET_NORM, False),
     "imagenette": DatasetInfo("imagenette/full-size-v2", "train", "validation", 224,
                               *_IMAGENET_NORM, False),
+    # Small images: CIFAR-style augmentation, as the reference treats MNIST.
+    "sklearn_digits": DatasetInfo("", "train", "test", 8, *_DIGITS_NORM, True),
 }
 
 
@@ -135,6 +145,87 @@ class SubsetSource(ImageSource):
 
   def __getitem__(self, index):
     return self.source[int(self.indices[index])]
+
+
+class ClassSubset(ImageSource):
+  """The examples of some classes of another source, relabelled in the given order:
+  `ClassSubset(source, (2, 0))` keeps classes 2 and 0 as labels 0 and 1.
+
+  Raises:
+    InputError: a class that is not in `source` (ids outside 0..num_classes-1).
+  """
+
+  def __init__(self, source: ImageSource, classes: Sequence[int]):
+    self.classes = tuple(int(c) for c in classes)
+    for c in self.classes:
+      if not 0 <= c < source.num_classes:
+        raise InputError(f"class {c} is not in the dataset, which has {source.num_classes} "
+                         f"classes (0..{source.num_classes - 1})")
+    # -1 marks the dropped classes; a lookup table relabels every kept one at once.
+    table = np.full(source.num_classes, -1, np.int32)
+    table[list(self.classes)] = np.arange(len(self.classes), dtype=np.int32)
+    self.source, self._table = source, table
+    self.indices = np.flatnonzero(table[source.labels] >= 0)
+    self.labels = table[source.labels[self.indices]]
+    self.num_classes, self.image_size = len(self.classes), source.image_size
+
+  def __getitem__(self, index):
+    image, label = self.source[int(self.indices[index])]
+    return image, int(self._table[label])
+
+  def images(self, indices):
+    return self.source.images(self.indices[np.asarray(indices, np.int64)])
+
+
+def parse_classes(text: str, key: str = "config.data.classes") -> tuple[int, ...]:
+  """The class ids of a list like "2,0", in order; () for "" (every class).
+
+  Args:
+    text: comma-separated class ids.
+    key: what the message calls the value.
+
+  Raises:
+    InputError: (one line) an entry that is not an integer, a repeated class, or
+      fewer than two classes.
+  """
+  if not text.strip():
+    return ()
+  classes = []
+  for entry in (e.strip() for e in text.split(",")):
+    try:
+      classes.append(int(entry))
+    except ValueError:
+      raise InputError(f"{key}={text!r}: {entry!r} is not an integer class id; use "
+                       "comma-separated ids like '2,0'") from None
+  classes = tuple(classes)
+  repeated = sorted({c for c in classes if classes.count(c) > 1})
+  if repeated:
+    raise InputError(f"{key}={text!r}: duplicate class {repeated[0]}; list each class once")
+  if len(classes) < 2:
+    raise InputError(f"{key}={text!r}: needs at least 2 classes, got {len(classes)}")
+  return classes
+
+
+def sklearn_digits_source(split: str) -> ArraySource:
+  """scikit-learn's 1,797 8x8 digits as uint8 (N, 8, 8, 3) grey RGB images.
+
+  Grey value round(v * 255 / 16) of the 0..16 digit pixels, in every channel. The
+  split is fixed, whatever the run seed (permutation from default_rng(0), the first
+  30% = 539 images "test", the rest "train"; the split `badnets_digits(seed=0)`
+  uses), so feature caches and runs with other seeds share it.
+  """
+  if split not in ("train", "test"):
+    raise InputError(f"sklearn_digits has the splits 'train' and 'test', not {split!r}")
+  # Lazy: scikit-learn is slow to import and only this dataset needs it.
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
+  digits = datasets.load_digits()
+  grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  order = np.random.default_rng(0).permutation(len(grey))
+  n_test = int(round(0.3 * len(grey)))
+  chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
+  images = np.repeat(grey[chosen][..., None], 3, axis=3)
+  return ArraySource(images, digits.target[chosen], num_classes=10)
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -251,7 +342,8 @@ class TfdsSource(ImageSource):
 
 
 def dataset_info(name_or_path: str) -> DatasetInfo:
-  """The `DatasetInfo` of a TFDS name, or one inferred for an image folder.
+  """The `DatasetInfo` of a built-in name (`DATASETS`), or one inferred for an image
+  folder.
 
   An image folder is CIFAR-like when its first image is at most 64 px wide, else
   ImageNet-like (resized to 224); its test split is `test` or, failing that, `val`.
@@ -260,7 +352,7 @@ def dataset_info(name_or_path: str) -> DatasetInfo:
     return DATASETS[name_or_path]
   root = pathlib.Path(name_or_path)
   if not root.is_dir():
-    raise InputError(f"unknown dataset {name_or_path!r}: neither a TFDS name "
+    raise InputError(f"unknown dataset {name_or_path!r}: neither a built-in name "
                      f"({', '.join(DATASETS)}) nor an image-folder directory")
   test = next((s for s in ("test", "val", "validation") if (root / s).is_dir()), "test")
   first = next((p for p in sorted((root / "train").rglob("*"))
@@ -276,8 +368,10 @@ def dataset_info(name_or_path: str) -> DatasetInfo:
 
 def open_source(name_or_path: str, split: str, *, data_dir: Optional[str] = None
                 ) -> ImageSource:
-  """The `ImageSource` for a TFDS name or an image-folder path (see module doc)."""
+  """The `ImageSource` for a built-in name or an image-folder path (see module doc)."""
   info = dataset_info(name_or_path)
+  if name_or_path == "sklearn_digits":
+    return sklearn_digits_source(split)
   if info.tfds_name:
     return TfdsSource(info.tfds_name, split, data_dir, info.image_size)
   return ImageFolderSource(name_or_path, split, info.image_size)

@@ -1,8 +1,8 @@
 """Defenses, picked by name with `config.defenses` (a registry, see `base.py`)."""
 
-from vibe_jax.defenses import abl, cbd, diffusion_distill, none, vibe  # registers the defenses
+from vibe_jax.defenses import abl, cbd, cert_ssbd, diffusion_distill, none, vibe  # registers them
 from vibe_jax.defenses.base import (Defense, DefenseContext, DefenseOutcome, build,
                                     defense_classes, names, register)
 
-__all__ = ["abl", "cbd", "none", "vibe", "Defense", "DefenseContext", "DefenseOutcome", "build",
+__all__ = ["abl", "cbd", "cert_ssbd", "none", "vibe", "Defense", "DefenseContext", "DefenseOutcome", "build",
            "defense_classes", "names", "register"]

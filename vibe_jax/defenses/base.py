@@ -95,6 +95,9 @@ class Defense:
   # What the defense writes into the workdir (stage directories, files): a fresh
   # run (`--fresh`) moves these aside with the run's common files.
   workdir_entries: ClassVar[tuple[str, ...]] = ()
+  # True for a defense that builds its own models (RAB, Cert-SSBD: small binary
+  # ensembles), so a run of such defenses alone needs no config.model.backbone.
+  own_model: ClassVar[bool] = False
 
   @staticmethod
   def add_defaults(config: ml_collections.ConfigDict) -> None:
@@ -171,11 +174,12 @@ def peer_optimizer(ctx: DefenseContext, lr: float, boundaries: dict[float, float
 
 def train_phase(ctx: DefenseContext, name: str, state, step_fn, arrays: dict[str, Any],
                 num_steps: int, *, batch_size: Optional[int] = None, augment: bool = True,
-                hooks=()):
+                hooks=(), state_sharding=None):
   """Trains (or resumes) one phase of a defense as its own stage `name` of the one
   loop (`train.fit`): checkpoints in `workdir/<name>/`, batches of `arrays` ("x",
   "y", any more rows), inputs augmented in training (or only normalised with
-  `augment=False`, as ABL's unlearning does). Returns the final state."""
+  `augment=False`, as ABL's unlearning does); `state_sharding` as `train.fit`'s.
+  Returns the final state."""
   config = ctx.config
   source = batch_source(arrays, batch_size or config.batch_size, (config.seed, _stage_seed(name)),
                         config.data.prefetch)
@@ -187,7 +191,8 @@ def train_phase(ctx: DefenseContext, name: str, state, step_fn, arrays: dict[str
   return fit(name=name, state=state, step_fn=step_fn, source=source,
              settings=LoopSettings.from_config(config, num_steps), workdir=ctx.workdir,
              log=ctx.log, key=jax.random.fold_in(jax.random.PRNGKey(config.seed),
-                                                 _stage_seed(name)), hooks=hooks)
+                                                 _stage_seed(name)), hooks=hooks,
+             state_sharding=state_sharding)
 
 
 def baseline_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

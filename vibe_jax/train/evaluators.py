@@ -70,6 +70,19 @@ class KNNAccuracy(Evaluator):
         num_classes=data.num_classes)}
 
 
+@register("certify")
+@dataclasses.dataclass(frozen=True)
+class Certify(Evaluator):
+  """Certified accuracy and certified ASR against the radius of a training-time
+  trigger, for classifiers that can certify (the smoothed ensembles of RAB and
+  Cert-SSBD: a `certify(variables, data)` method); nothing for the others.
+  Returns the curves under "certified" and the figures at radii 0 and 0.25."""
+
+  def __call__(self, inference, variables, data):
+    certify = getattr(inference.model, "certify", None)
+    return {} if certify is None else certify(variables, data)
+
+
 def evaluate(names_: str | list[str], inference: Inference, variables: dict[str, Any],
              data: FeatureData) -> dict[str, float]:
   """Runs the evaluators named (a list or "a,b") and merges their figures."""

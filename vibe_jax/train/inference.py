@@ -53,6 +53,8 @@ class Inference:
   def __init__(self, model: nn.Module, inputs: Inputs = Inputs(), batch_size: int = 256,
                read_ahead: int = 2):
     self.read_ahead = read_ahead
+    # Evaluators that need more than these passes (certification) read them.
+    self.model, self.inputs = model, inputs
     self._mesh = parallel.data_mesh(jax.local_devices())
     devices = self._mesh.size
     # Whole rows per device: the batch is rounded up to a multiple of the devices.

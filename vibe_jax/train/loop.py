@@ -124,7 +124,8 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
 
 def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
         source: BatchSource, settings: LoopSettings, workdir: pathlib.Path,
-        log: JsonLines, key: jax.Array, hooks: Sequence[Hook] = ()) -> Any:
+        log: JsonLines, key: jax.Array, hooks: Sequence[Hook] = (),
+        state_sharding: Callable[[Any, Any], Any] | None = None) -> Any:
   """Runs stage `name` to `settings.num_steps` steps from its last checkpoint.
 
   Args:
@@ -138,6 +139,8 @@ def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict
     log: called with each JSON-line row.
     key: the stage's base key; step t uses fold_in(key, t).
     hooks: called before steps and at log steps, in order.
+    state_sharding: `(mesh, state) -> shardings` of the state's leaves (e.g. an
+      ensemble's members split over the devices); default every leaf replicated.
 
   Returns:
     The state after `settings.num_steps` steps.
@@ -154,11 +157,12 @@ def fit(*, name: str, state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict
   mesh = parallel.data_mesh()
   everywhere, rows = parallel.replicated(mesh), parallel.batch_rows(mesh)
   parallel.check_batch_size(source.batch_size, mesh)
-  state = jax.device_put(state, everywhere)
+  placed = everywhere if state_sharding is None else state_sharding(mesh, state)
+  state = jax.device_put(state, placed)
   arrays = source.place(mesh)
 
-  @functools.partial(jax.jit, donate_argnums=0, in_shardings=(everywhere, everywhere, rows),
-                     out_shardings=(everywhere, everywhere))
+  @functools.partial(jax.jit, donate_argnums=0, in_shardings=(placed, everywhere, rows),
+                     out_shardings=(placed, everywhere))
   def step(state, arrays, step_input):
     batch = {**source.gather(arrays, step_input), "key": jax.random.fold_in(key, state.step)}
     return step_fn(state, batch)
