@@ -1,82 +1,194 @@
-"""Training-step throughput: the VIBE-SS M-step and the SimCLR step, images/s.
+"""Training-step speed against PyTorch: the VIBE M-step and the SimCLR step, images/s.
 
-Each step is the real jitted step (augmentation inside jit, as training runs it)
-on a random uint8 CIFAR-sized batch, timed after compilation.
+Our side is the library's real jitted step (`mstep.make_vibe_step`, the SimCLR
+update `simclr.make_views_step`) with donated state, run under the XLA flags
+`vibe_jax.runtime` chooses for this platform. PyTorch's side is the same backbone
+(`tests/torch_models.py`, the parity tests' replicas) in NCHW and in channels-last,
+with a linear classifier and cross-entropy for the M-step (the VIBE head is under 1%
+of the step's work) and the same projector and NT-Xent loss for SimCLR, SGD with
+momentum (LARS adds one norm per layer). Both sides get the same normalised float32
+batch and no augmentation, so the figures compare model compute. The contenders run
+interleaved, `--steps` steps each per round, and each figure is the median over
+`--rounds` rounds; the last column is our time over the best PyTorch layout's.
 
+  pip install -e ".[bench]"
   python benchmarks/train_step.py --backbones=resnet18_cifar,small_cnn --batch_size=256
 """
 
 import argparse
+import os
+import pathlib
+import platform
+import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from vibe_jax import runtime
 
-from vibe_jax import mstep
-from vibe_jax.config import base_config
-from vibe_jax.data import sources
-from vibe_jax.data.device import augment
-from vibe_jax.models import VIBEHead, VIBEModel
-from vibe_jax.models.backbones import build_backbone, feature_dim
-from vibe_jax.stages import ssl
-from vibe_jax.train import TrainState
+runtime.configure_xla_flags()  # before jax is imported, as `python -m vibe_jax.main` does
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from torch import nn  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from vibe_jax import mstep, provenance  # pylint: disable=wrong-import-position
+from vibe_jax.config import base_config  # pylint: disable=wrong-import-position
+from vibe_jax.models import VIBEHead, VIBEModel  # pylint: disable=wrong-import-position
+from vibe_jax.models.backbones import build_backbone, feature_dim  # pylint: disable=wrong-import-position
+from vibe_jax.stages.ssl import base as ssl_base  # pylint: disable=wrong-import-position
+from vibe_jax.stages.ssl import simclr  # pylint: disable=wrong-import-position
+from vibe_jax.train import TrainState  # pylint: disable=wrong-import-position
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests import torch_models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TORCH_BACKBONES = {
+    "resnet18_cifar": lambda: torch_models.ResNet(torch_models.BasicBlock, [2, 2, 2, 2],
+                                                  cifar_stem=True),
+    "small_cnn": torch_models.SmallCNN,
+}
 
 
-def timed(fn, state, steps):
-  state, out = fn(state)  # compile
-  jax.block_until_ready(out)
+def jax_mstep(name, x, y):
+  """Our M-step on batch (x, y), as a no-argument callable advancing its own state."""
+  model = VIBEModel(VIBEHead(10, feature_dim(name), conditioned=True), build_backbone(name))
+  variables = model.init(jax.random.PRNGKey(0), x[:1])
+  tx = mstep.make_optimizer({g: 1e-3 for g in mstep.GROUPS})
+  state = TrainState.create_for(params=variables["params"], tx=tx,
+                                batch_stats=variables["batch_stats"],
+                                extra={"pseudo_labels": jnp.array(y, copy=True)})
+  step = jax.jit(mstep.make_vibe_step(model), donate_argnums=0)
+  batch = {"x": x, "y": y, "index": jnp.arange(x.shape[0])}
+  return _advancing(step, state, batch)
+
+
+def jax_simclr(name, x1, x2):
+  """Our SimCLR update on the views (x1, x2)."""
+  c = base_config().ssl
+  c.batch_size = x1.shape[0]
+  model = simclr.SimCLR(build_backbone(name), c.proj_hidden, c.proj_dim)
+  variables = model.init(jax.random.PRNGKey(0), x1[:1])
+  state = TrainState.create_for(params=variables["params"],
+                                tx=ssl_base.lars(c, c.lr * c.batch_size / 256),
+                                batch_stats=variables["batch_stats"])
+  step = jax.jit(simclr.make_views_step(model, c.temperature), donate_argnums=0)
+  return _advancing(step, state, (x1, x2))
+
+
+def _advancing(step, state, batch):
+  holder = [state]
+
+  def run():
+    holder[0], metrics = step(holder[0], batch)
+    return metrics
+
+  return run
+
+
+def torch_step(name, kind, inputs, y, channels_last):
+  """The PyTorch twin of our `kind` step ("mstep" or "simclr") on the same inputs."""
+  backbone = TORCH_BACKBONES[name]()
+  dim = feature_dim(name)
+  if kind == "mstep":
+    head = nn.Linear(dim, 10)
+  else:
+    c = base_config().ssl
+    head = nn.Sequential(nn.Linear(dim, c.proj_hidden), nn.BatchNorm1d(c.proj_hidden),
+                         nn.ReLU(), nn.Linear(c.proj_hidden, c.proj_dim))
+  model = nn.Sequential(backbone, head).train()
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  model = model.to(memory_format=fmt)
+  x = torch.from_numpy(np.concatenate(inputs)).permute(0, 3, 1, 2).contiguous(
+      memory_format=fmt)
+  labels = torch.from_numpy(np.asarray(y)).long()
+  opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+  temperature = base_config().ssl.temperature
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    out = model(x)
+    if kind == "mstep":
+      loss = F.cross_entropy(out, labels)
+    else:  # NT-Xent, as `simclr.nt_xent`
+      z = F.normalize(out, dim=1)
+      n = z.shape[0] // 2
+      sim = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
+      partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+      loss = F.cross_entropy(sim, partner)
+    loss.backward()
+    opt.step()
+    return loss
+
+  return run
+
+
+def _seconds(run, steps, block):
   began = time.perf_counter()
   for _ in range(steps):
-    state, out = fn(state)
-  jax.block_until_ready(out)
+    out = run()
+  block(out)
   return (time.perf_counter() - began) / steps
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--backbones", default="resnet18_cifar,small_cnn")
+  parser.add_argument("--steps_kinds", default="mstep,simclr",
+                      help="which steps to time: mstep, simclr or both")
   parser.add_argument("--batch_size", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=3, help="steps per round")
+  parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
-  info = sources.DATASETS["cifar10"]
+  torch.set_num_threads(os.cpu_count())
   b = args.batch_size
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, b), jnp.int32)
-  device = jax.devices()[0].device_kind
+  x = rng.standard_normal((b, 32, 32, 3), dtype=np.float32)
+  x2 = rng.standard_normal((b, 32, 32, 3), dtype=np.float32)
+  y = rng.integers(0, 10, b).astype(np.int32)
+  jax_block = jax.block_until_ready
+  torch_block = lambda out: out.item()
   rows = []
   for name in args.backbones.split(","):
-    model = VIBEModel(VIBEHead(10, feature_dim(name), conditioned=True), build_backbone(name))
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    tx = mstep.make_optimizer({g: 1e-3 for g in mstep.GROUPS})
-    state = TrainState.create_for(params=variables["params"], tx=tx,
-                                  batch_stats=variables["batch_stats"],
-                                  extra={"pseudo_labels": labels})
-    vibe = mstep.make_vibe_step(model)
-
-    @jax.jit
-    def vibe_step(state):
-      x = augment(jax.random.fold_in(jax.random.PRNGKey(1), state.step), images, info)
-      return vibe(state, {"x": x, "y": labels, "index": jnp.arange(b)})
-
-    vibe_s = timed(vibe_step, state, args.steps)
-
-    config = base_config().ssl
-    config.batch_size = b
-    parts = ssl.build("simclr").build(config, build_backbone(name), info)
-    sstate = parts.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    ssl_step = jax.jit(lambda s: parts.step(
-        s, {"key": jax.random.fold_in(jax.random.PRNGKey(2), s.step), "x": images}))
-    ssl_s = timed(ssl_step, sstate, args.steps)
-    rows.append((name, b / vibe_s, b / ssl_s))
-    print(f"{name}: VIBE-SS M-step {b / vibe_s:,.0f} img/s, SimCLR step {b / ssl_s:,.0f} "
-          f"img/s (two views each)", flush=True)
-  print(f"\ndevice: {jax.device_count()} x {device}, batch {b}\n")
-  print("| backbone | VIBE-SS M-step img/s | SimCLR step img/s |")
-  print("|---|---:|---:|")
-  for name, a, s in rows:
-    print(f"| {name} | {a:,.0f} | {s:,.0f} |")
+    for kind in args.steps_kinds.split(","):
+      if kind == "mstep":
+        ours = jax_mstep(name, jnp.asarray(x), jnp.asarray(y))
+        inputs, images = (x,), b
+      else:
+        ours = jax_simclr(name, jnp.asarray(x), jnp.asarray(x2))
+        inputs, images = (x, x2), 2 * b
+      contenders = {
+          "vibe_jax": (ours, jax_block),
+          "torch NCHW": (torch_step(name, kind, inputs, y, False), torch_block),
+          "torch channels-last": (torch_step(name, kind, inputs, y, True), torch_block),
+      }
+      for run, block in contenders.values():  # compile / warm up
+        block(run())
+        block(run())
+      times = {k: [] for k in contenders}
+      for _ in range(args.rounds):
+        for k, (run, block) in contenders.items():
+          times[k].append(_seconds(run, args.steps, block))
+      median = {k: statistics.median(v) for k, v in times.items()}
+      best = min(median["torch NCHW"], median["torch channels-last"])
+      rows.append((name, kind, {k: images / v for k, v in median.items()},
+                   median["vibe_jax"] / best))
+      print(f"{name} {kind}: " + ", ".join(f"{k} {images / v:,.1f} img/s"
+                                            for k, v in median.items()) +
+            f"; vibe_jax time / best PyTorch {median['vibe_jax'] / best:.2f}x", flush=True)
+  prov = provenance.provenance()
+  print(f"\n{platform.processor() or platform.machine()}, {prov['device']}, "
+        f"{os.cpu_count()} cores, batch {b} (SimCLR: {b} x 2 views), commit "
+        f"{prov['commit']}, jax {jax.__version__}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  print("| backbone | step | vibe_jax img/s | PyTorch NCHW | PyTorch channels-last | "
+        "vibe_jax time / best PyTorch |")
+  print("|---|---|---:|---:|---:|---:|")
+  for name, kind, ips, ratio in rows:
+    print(f"| {name} | {kind} | {ips['vibe_jax']:,.1f} | {ips['torch NCHW']:,.1f} | "
+          f"{ips['torch channels-last']:,.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -256,3 +256,20 @@ class EfficientNetLite(nn.Module):
       x = block(x)
     x = F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
     return x if self.features else self._fc(x)
+
+
+class SmallCNN(nn.Module):
+  """`vibe_jax.models.SmallCNN` in PyTorch: three conv-BN-ReLU-max-pool stages and
+  global average pooling (the training-step benchmark's and the parity test's twin)."""
+
+  def __init__(self, widths=(32, 64, 128)):
+    super().__init__()
+    layers, cin = [], 3
+    for width in widths:
+      layers += [nn.Conv2d(cin, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                 nn.ReLU(), nn.MaxPool2d(2, 2)]
+      cin = width
+    self.features = nn.Sequential(*layers)
+
+  def forward(self, x):
+    return self.features(x).mean(dim=(2, 3))

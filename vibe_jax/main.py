@@ -22,6 +22,11 @@ import sys
 import time
 import traceback
 
+from vibe_jax import runtime
+
+runtime.configure_xla_flags()  # before any backend starts: XLA reads the flags once
+
+# pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -29,6 +34,7 @@ from ml_collections import config_flags
 import tqdm
 
 from vibe_jax import errors, experiment, files, parallel, report
+# pylint: enable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -47,6 +53,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index, 0 .. num_processes - 1.")
 _TIMEOUT = flags.DEFINE_float("distributed_timeout", 300.0,
                               "Seconds to wait for the coordinator and the other processes.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "Folder of JAX's persistent compilation cache, or 'off' (default: "
+    "$VIBE_JAX_COMPILATION_CACHE, else ~/.cache/vibe_jax/jax); reruns load compiled "
+    "steps from it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors of the environment the user controls: stopped with one line, exit 2.
@@ -127,6 +138,7 @@ def main(argv):
   except Exception as error:  # noqa: BLE001 -- whatever the config file raised
     _die(f"FATAL config error: cannot load --config: {type(error).__name__}: {error}")
   workdir = _WORKDIR.value
+  runtime.enable_compilation_cache(_CACHE.value)
   try:
     topology = parallel.initialize(
         mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,

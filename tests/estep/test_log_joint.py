@@ -28,11 +28,14 @@ def test_dataset_log_joint_rejects_mismatched_labels():
 def test_two_chunks_through_a_cnn_keep_one_chunks_temporaries():
   """With the first chunk computed outside the loop, XLA's CPU compiler kept 15 MB of
   temporaries for 10 images of 64 px in chunks of 8 (12 GB at 224 px); in the loop,
-  0.4 MB."""
+  0.4 MB with XLA's YNN fusions (conv, BatchNorm, ReLU and pooling fused), 5.2 MB
+  without them (our CPU flags, `vibe_jax.runtime`): one chunk's first activation,
+  8 x 64 x 64 x 32 floats = 4.2 MB, is materialised. Two chunks' would be 8.4 MB."""
   net = build_backbone("small_cnn")
   x, y = jnp.zeros((10, 64, 64, 3)), jnp.zeros((10,), jnp.int32)
   variables = net.init(jax.random.PRNGKey(0), x[:1])
   fn = lambda xs, _: net.apply(variables, xs)
   compiled = jax.jit(lambda a, b: estep.dataset_log_joint(fn, a, b, chunk_size=8)).lower(
       x, y).compile()
-  assert compiled.memory_analysis().temp_size_in_bytes < 2_000_000
+  one_chunk = 8 * 64 * 64 * 32 * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * one_chunk

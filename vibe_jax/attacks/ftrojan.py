@@ -12,7 +12,6 @@ unverified]; the FTrojan paper's code also bumps (15, 15).
 import dataclasses
 
 import numpy as np
-from scipy import fft
 
 from vibe_jax.attacks.base import Attack, register
 
@@ -54,6 +53,9 @@ class FTrojan(Attack):
     b, h, w, _ = images.shape
     if h % self.window or w % self.window:
       raise ValueError(f"ftrojan window {self.window} must divide the image size {h}")
+    # Lazy: scipy.fft costs 0.5 s of every run's start, and only this attack uses it.
+    from scipy import fft  # pylint: disable=g-import-not-at-top
+
     ycc = rgb_to_ycrcb(images.astype(np.float64))
     n = self.window
     # (B, H/n, n, W/n, n, C): each block's 2-D DCT over axes 2 and 4.

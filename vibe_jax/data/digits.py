@@ -9,6 +9,7 @@ label `target`. Features are the 64 pixels scaled to [0, 1].
 import numpy as np
 
 from vibe_jax.attacks.selection import poisoned_indices
+from vibe_jax.data.digits_file import load_digits
 from vibe_jax.data.features import FeatureData
 
 __all__ = ["badnets_digits", "add_corner_patch"]
@@ -34,12 +35,9 @@ def badnets_digits(
     patch: trigger side in pixels.
     test_fraction: share of the digits held out for testing.
   """
-  # Lazy: scikit-learn is slow to import and only the quickstart data needs it.
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-
-  digits = datasets.load_digits()
-  images = (digits.images / 16.0).astype(np.float32)
-  labels = digits.target.astype(np.int32)
+  pixels, digit_labels = load_digits()
+  images = (pixels / 16.0).astype(np.float32)
+  labels = digit_labels.astype(np.int32)
   order = np.random.default_rng(seed).permutation(len(labels))
   n_test = int(round(test_fraction * len(labels)))
   test, train = order[:n_test], order[n_test:]

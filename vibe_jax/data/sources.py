@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from vibe_jax.data.digits_file import load_digits
 from vibe_jax.errors import InputError, MissingFileError
 
 __all__ = ["DatasetInfo", "DATASETS", "ImageSource", "ArraySource", "SubsetSource",
@@ -216,16 +217,13 @@ def sklearn_digits_source(split: str) -> ArraySource:
   """
   if split not in ("train", "test"):
     raise InputError(f"sklearn_digits has the splits 'train' and 'test', not {split!r}")
-  # Lazy: scikit-learn is slow to import and only this dataset needs it.
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-
-  digits = datasets.load_digits()
-  grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  pixels, target = load_digits()
+  grey = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
   order = np.random.default_rng(0).permutation(len(grey))
   n_test = int(round(0.3 * len(grey)))
   chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
   images = np.repeat(grey[chosen][..., None], 3, axis=3)
-  return ArraySource(images, digits.target[chosen], num_classes=10)
+  return ArraySource(images, target[chosen], num_classes=10)
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -7,11 +7,18 @@ sums of a row-sharded `log_p`).
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 
+from vibe_jax import runtime
 from vibe_jax.estep.result import PseudoLabels
+
+# ott imports these at its top for tools and plots the E-step never runs (1.2 s of a
+# run's start on a 2-core CPU): they load only if touched. Not ott.neural: ott
+# imports it under `suppress(ImportError)` (diffrax is optional), which only works
+# if it loads at once, and it pulls in jaxopt and lineax, so those load anyway.
+with runtime.lazy_modules(("ott.tools", "ott.datasets", "matplotlib.pyplot", "scipy.stats")):
+  from ott.geometry import geometry  # pylint: disable=g-import-not-at-top
+  from ott.problems.linear import linear_problem  # pylint: disable=g-import-not-at-top
+  from ott.solvers.linear import sinkhorn  # pylint: disable=g-import-not-at-top
 
 __all__ = ["ott_pseudo_labels"]
 

@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vibe_jax.models.layers import BatchNorm, max_pool2
+
 __all__ = ["SmallCNN"]
 
 
@@ -23,9 +25,10 @@ class SmallCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for width in self.widths:
       x = nn.Conv(width, (3, 3), use_bias=False)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+      x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool2(x) if x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0 else nn.max_pool(
+          x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is not None:
       x = nn.Dense(self.num_classes)(x)

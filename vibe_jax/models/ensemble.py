@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vibe_jax.models.layers import max_pool2
+
 __all__ = ["PatchConv", "BinaryCNN", "BinaryMLP", "member_model", "member_key", "init_members",
            "member_probs", "SmoothedEnsemble"]
 
@@ -53,13 +55,6 @@ class PatchConv(nn.Module):
     return nn.Dense(self.features)(patches)
 
 
-def _max_pool2(x: jax.Array) -> jax.Array:
-  """2x2 max-pooling by reshape and max: its backward is a select, not the scatter
-  of `nn.max_pool`'s (which dominated the vmapped step on the CPU)."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
 class BinaryCNN(nn.Module):
   """Two conv-ReLU-max-pool stages, a hidden dense layer and one logit: the public
   code's MNIST model (`MnistCnnModel`: 16 and 32 channels, 512 hidden units, one
@@ -80,7 +75,7 @@ class BinaryCNN(nn.Module):
     for width in self.widths:
       x = nn.relu(PatchConv(width)(x))
       if x.shape[1] >= 2 and x.shape[1] % 2 == 0:
-        x = _max_pool2(x)
+        x = max_pool2(x)
     if x.shape[1] > 8 and x.shape[1] % 8 == 0:
       window = x.shape[1] // 8
       x = nn.avg_pool(x, (window, window), strides=(window, window))

@@ -16,16 +16,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vibe_jax.models.layers import BatchNorm
+
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet50"]
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _norm(train: bool, name: str, zero_init: bool = False) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      name=name,
-                      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
+def _norm(train: bool, name: str, zero_init: bool = False) -> BatchNorm:
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                   name=name,
+                   scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
 
 
 class BasicBlock(nn.Module):

@@ -104,7 +104,7 @@ class VIBEHead(nn.Module):
     return numerator - (jnp.log(summed) + u_max + s_max)
 
   def log_joint(
-      self, v: jax.Array, y: jax.Array, uniform_p_yl: bool = False
+      self, v: jax.Array, y: jax.Array, uniform_p_yl: bool | jax.Array = False
   ) -> jax.Array:
     """Returns ln P[b, l] = ln p(l|x_b) + ln p(y_b|l[,x_b]), shape (B, K).
 
@@ -112,12 +112,16 @@ class VIBEHead(nn.Module):
       v: features (B, D).
       y: given labels (B,).
       uniform_p_yl: replace the corruption model by log(1/K), as the reference
-        does at the first E-step (spec 4.3).
+        does at the first E-step (spec 4.3). A traced boolean is accepted, so that
+        the E-step compiles once for the first E-step and the later ones.
     """
     log_p_clean = self(v)
-    if uniform_p_yl:
+    if isinstance(uniform_p_yl, bool) and uniform_p_yl:
       return log_p_clean - jnp.log(float(self.num_classes))
-    return log_p_clean + self.log_p_corrupt(v, y)
+    corrupt = self.log_p_corrupt(v, y)
+    if isinstance(uniform_p_yl, bool):
+      return log_p_clean + corrupt
+    return log_p_clean + jnp.where(uniform_p_yl, -jnp.log(float(self.num_classes)), corrupt)
 
 
 def class_means(features: Any, labels: Any, num_classes: int) -> np.ndarray:

@@ -78,7 +78,9 @@ class EStepHook(Hook):
 
     # The dataset is an argument, not a closure: closed-over arrays would be baked
     # into the compiled program as constants.
-    @functools.partial(jax.jit, static_argnums=3)
+    # uniform_p_yl is traced, not static: the first E-step and the later ones share
+    # one compiled program.
+    @jax.jit
     def run(variables_, x, y, uniform_p_yl):
       prior = model.apply(variables_, method="prior")
       if c.recompute:
@@ -104,7 +106,7 @@ class EStepHook(Hook):
     """The jitted E-step from row-sharded features (the streamed path)."""
     model, c, rows = self._model, self._c, PartitionSpec(parallel.DATA_AXIS)
 
-    @functools.partial(jax.jit, static_argnums=(3, 4))
+    @functools.partial(jax.jit, static_argnums=4)
     def run(variables_, v, y, uniform_p_yl, num_rows):
       prior = model.apply(variables_, method="prior")
       if c.recompute:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from vibe_jax.data.ssl_augment import two_views
+from vibe_jax.models.layers import BatchNorm
 from vibe_jax.models.vmf import l2_normalize
 from vibe_jax.stages.ssl.base import SSLMethod, SSLParts, lars, register
 from vibe_jax.train.state import TrainState
@@ -40,7 +41,7 @@ __all__ = ["All4One", "Encoder", "positional_encoding", "nnclr_loss", "feature_l
 
 
 def _bn(train):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
 
 
 class Encoder(nn.Module):

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import optax
 
 from vibe_jax.data.ssl_augment import two_views
+from vibe_jax.models.layers import BatchNorm
 from vibe_jax.models.vmf import l2_normalize
 from vibe_jax.stages.ssl.base import SSLMethod, SSLParts, lars, register
 from vibe_jax.train.state import TrainState
 
-__all__ = ["SimCLR", "SimCLRMethod", "nt_xent", "make_simclr_step"]
+__all__ = ["SimCLR", "SimCLRMethod", "nt_xent", "make_simclr_step", "make_views_step"]
 
 
 class SimCLR(nn.Module):
@@ -31,8 +32,8 @@ class SimCLR(nn.Module):
   def __call__(self, x, train: bool = False):
     h = self.backbone(x, train=train)
     h = nn.Dense(self.hidden, name="proj_0")(h)
-    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     name="proj_bn")(h)
+    h = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                  name="proj_bn")(h)
     return nn.Dense(self.out, name="proj_1")(nn.relu(h))
 
 
@@ -46,22 +47,33 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(sim, partner).mean()
 
 
-def make_simclr_step(model: SimCLR, info, temperature: float):
-  """The pure SimCLR step `(state, batch) -> (state, metrics)` on uint8 batch["x"]."""
+def make_views_step(model: SimCLR, temperature: float):
+  """The SimCLR update on two given views `(state, (x1, x2)) -> (state, metrics)`:
+  the step without its augmentation (the training-step benchmark times it against
+  PyTorch on the same views)."""
 
-  def step(state, batch):
-    images = batch["x"]
-    x1, x2 = two_views(batch["key"], images, info)
+  def step(state, views):
+    x1, x2 = views
 
     def loss_fn(params):
       z, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                jnp.concatenate([x1, x2]), train=True,
                                mutable=["batch_stats"])
-      n = images.shape[0]
+      n = x1.shape[0]
       return nt_xent(z[:n], z[n:], temperature), updates["batch_stats"]
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=stats), {"loss": loss}
+
+  return step
+
+
+def make_simclr_step(model: SimCLR, info, temperature: float):
+  """The pure SimCLR step `(state, batch) -> (state, metrics)` on uint8 batch["x"]."""
+  update = make_views_step(model, temperature)
+
+  def step(state, batch):
+    return update(state, two_views(batch["key"], batch["x"], info))
 
   return step
 

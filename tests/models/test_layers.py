@@ -1,0 +1,91 @@
+"""Our BatchNorm and max-pooling equal Flax's (and PyTorch's) to float tolerance."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from tests import torch_models
+from vibe_jax.models.cnn import SmallCNN
+from vibe_jax.models.layers import BatchNorm, max_pool2
+
+
+def _loss(module, variables, x, g, train):
+  def f(params, x):
+    y, updates = module.apply({**variables, "params": params}, x, mutable=["batch_stats"]) \
+        if train else (module.apply({**variables, "params": params}, x), {})
+    return jnp.sum(y * g), (y, updates)
+  return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(variables["params"], x)
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 6, 5), (16, 7)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_equals_flax(shape, train):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32) * 3 + 2)
+  g = jnp.asarray(rng.standard_normal(shape, np.float32))
+  c = shape[-1]
+  variables = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
+                          "bias": jnp.asarray(rng.standard_normal(c), jnp.float32)},
+               "batch_stats": {"mean": jnp.asarray(rng.standard_normal(c), jnp.float32),
+                               "var": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32)}}
+  kw = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+  ours = BatchNorm(**kw)
+  theirs = nn.BatchNorm(**kw)
+  # Same variables: checkpoints of either load in the other.
+  assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) ==
+          jax.tree.map(jnp.shape, theirs.init(jax.random.PRNGKey(0), x)))
+  (_, (y1, u1)), (dp1, dx1) = _loss(ours, variables, x, g, train)
+  (_, (y2, u2)), (dp2, dx2) = _loss(theirs, variables, x, g, train)
+  np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-5)
+  for k in ("scale", "bias"):
+    np.testing.assert_allclose(dp1[k], dp2[k], rtol=1e-4, atol=1e-4)
+  if train:
+    for k in ("mean", "var"):
+      np.testing.assert_allclose(u1["batch_stats"][k], u2["batch_stats"][k],
+                                 rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool2_equals_max_pool_and_splits_only_exact_ties():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 6, 8, 3), np.float32))
+  pool = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(max_pool2(x), pool(x))
+  g = jnp.asarray(rng.standard_normal((2, 3, 4, 3), np.float32))
+  grad = lambda f, v: jax.grad(lambda v: jnp.sum(f(v) * g))(v)
+  np.testing.assert_array_equal(grad(max_pool2, x), grad(pool, x))  # no ties: equal
+  tied = jnp.zeros((1, 2, 2, 1))
+  split = jax.grad(lambda v: 3.0 * jnp.sum(max_pool2(v)))(tied)
+  np.testing.assert_allclose(split[0, :, :, 0], 0.75)  # a four-way tie shares it
+
+
+def test_small_cnn_matches_pytorch_forward_and_gradients():
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((4, 16, 16, 3), np.float32)
+  net = torch_models.SmallCNN().train()
+  model = SmallCNN()
+  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+  params = jax.tree.map(lambda a: a, variables["params"])
+  for i, conv in enumerate(convs):
+    params[f"Conv_{i}"]["kernel"] = jnp.asarray(conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+
+  def loss(params, x):
+    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                         train=True, mutable=["batch_stats"])
+    return jnp.sum(out ** 2), out
+
+  (_, out), (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      params, jnp.asarray(x))
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_(True)
+  out_t = net(xt)
+  (out_t ** 2).sum().backward()
+  np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-3, atol=1e-4)
+  for i, conv in enumerate(convs):
+    np.testing.assert_allclose(grads[f"Conv_{i}"]["kernel"],
+                               conv.weight.grad.numpy().transpose(2, 3, 1, 0),
+                               rtol=1e-3, atol=1e-4)
