@@ -52,8 +52,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
   Returns (y, batch mean, batch variance); the gradient flows through y only (the
   statistics feed the running averages, which take no gradient).
   """
-  mean, var = _stats(x)
-  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+  return _bn_forward(x, scale, bias, epsilon)[0]
 
 
 def _bn_forward(x, scale, bias, epsilon):
