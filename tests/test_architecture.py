@@ -16,7 +16,7 @@ PACKAGE = ROOT / "vibe_jax"
 # Third-party modules imported inside functions on purpose (slow to import and
 # needed by few runs); each such import carries a comment saying so.
 LAZY = {"sklearn", "tensorflow_datasets", "igraph", "leidenalg", "matplotlib", "torch",
-        "diffusers", "scipy"}
+        "diffusers", "scipy", "ott"}
 
 
 def _lint(cwd: pathlib.Path) -> subprocess.CompletedProcess:

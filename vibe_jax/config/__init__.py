@@ -83,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.log_every = 250
   c.progress_bar = True
+  # Steps per compiled call (a lax.scan over steps; results equal to float
+  # tolerance). 0: auto, 1 when a backbone trains, else up to 250 (train/loop.py).
+  c.steps_per_call = 0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1000
@@ -135,6 +138,7 @@ def check_base(c: ml_collections.ConfigDict) -> list[str]:
   p += ck.integer(c, "num_steps", 1) + ck.integer(c, "batch_size", 1)
   p += ck.integer(c, "eval_batch_size", 1)
   p += ck.integer(c, "log_every", 1) + ck.boolean(c, "progress_bar")
+  p += ck.integer(c, "steps_per_call", 0)
   p += ck.integer(c, "checkpoint.every", 1) + ck.integer(c, "checkpoint.max_to_keep", 1)
   return p
 

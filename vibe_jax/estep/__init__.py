@@ -28,6 +28,7 @@ Modules: `solve` (the front end), `ott_solver`, `blocked` (our solver),
 
 from vibe_jax.estep.checks import PRIOR_SUM_TOLERANCE, SOLVERS
 from vibe_jax.estep.log_joint import dataset_log_joint
+from vibe_jax.estep.ott_solver import load_ott
 from vibe_jax.estep.result import REFERENCE_ITERATIONS, PseudoLabels, transport_log_plan
 from vibe_jax.estep.solve import checked_pseudo_labels, pseudo_labels
 from vibe_jax.estep.streaming import pseudo_labels_from_features
@@ -38,6 +39,7 @@ __all__ = [
     "SOLVERS",
     "PseudoLabels",
     "checked_pseudo_labels",
+    "load_ott",
     "pseudo_labels",
     "pseudo_labels_from_features",
     "dataset_log_joint",

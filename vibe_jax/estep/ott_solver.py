@@ -15,12 +15,27 @@ from vibe_jax.estep.result import PseudoLabels
 # run's start on a 2-core CPU): they load only if touched. Not ott.neural: ott
 # imports it under `suppress(ImportError)` (diffrax is optional), which only works
 # if it loads at once, and it pulls in jaxopt and lineax, so those load anyway.
-with runtime.lazy_modules(("ott.tools", "ott.datasets", "matplotlib.pyplot", "scipy.stats")):
-  from ott.geometry import geometry  # pylint: disable=g-import-not-at-top
-  from ott.problems.linear import linear_problem  # pylint: disable=g-import-not-at-top
-  from ott.solvers.linear import sinkhorn  # pylint: disable=g-import-not-at-top
+_LAZY_PARTS = ("ott.tools", "ott.datasets", "matplotlib.pyplot", "scipy.stats")
 
-__all__ = ["ott_pseudo_labels"]
+
+def load_ott():
+  """ott's geometry, linear_problem and sinkhorn modules, imported at the first call.
+
+  Importing ott takes 1.2-1.8 s on a 2-core CPU (jaxopt, lineax, equinox,
+  scipy.optimize, matplotlib come with it): importing `vibe_jax`, or a run without
+  an ott E-step (other defenses, the blocked solver), does not pay it. (Importing
+  it on a background thread at a run's start did not shorten the quickstart on
+  2 cores: the threads share the GIL.)
+  """
+  # Lazy: see the docstring (ott is in tests/test_architecture.py's LAZY).
+  with runtime.lazy_modules(_LAZY_PARTS):
+    from ott.geometry import geometry  # pylint: disable=g-import-not-at-top
+    from ott.problems.linear import linear_problem  # pylint: disable=g-import-not-at-top
+    from ott.solvers.linear import sinkhorn  # pylint: disable=g-import-not-at-top
+  return geometry, linear_problem, sinkhorn
+
+
+__all__ = ["ott_pseudo_labels", "load_ott"]
 
 
 def ott_pseudo_labels(log_p: jax.Array, prior: jax.Array, *, epsilon: float,
@@ -42,6 +57,7 @@ def ott_pseudo_labels(log_p: jax.Array, prior: jax.Array, *, epsilon: float,
   Returns:
     A `PseudoLabels`.
   """
+  geometry, linear_problem, sinkhorn = load_ott()
   n, k = log_p.shape
   dtype = log_p.dtype
   geom = geometry.Geometry(cost_matrix=-log_p, epsilon=epsilon)

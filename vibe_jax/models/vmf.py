@@ -15,6 +15,7 @@ normaliser logsumexp_y(S[y, l] + u[b, y]) with S = nu eta^ mu^T and u = nu v eta
 computed as a shifted exp-matmul-log, so memory stays O(B K + K^2).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -137,6 +138,12 @@ def class_means(features: Any, labels: Any, num_classes: int) -> np.ndarray:
   return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _standard_normal(rng: jax.Array, size: int) -> jax.Array:
+  """N(0, I) of `size` as one program (eagerly, its parts compile one by one)."""
+  return jax.random.normal(rng, (size,), jnp.float32)
+
+
 def init_head_params(
     features: Any, labels: Any, num_classes: int, rng: jax.Array
 ) -> dict[str, jax.Array]:
@@ -146,7 +153,7 @@ def init_head_params(
   drawn from `rng` (the reference leaves it unseeded).
   """
   means = class_means(features, labels, num_classes)
-  rho = jax.random.normal(rng, (num_classes,), jnp.float32)
+  rho = _standard_normal(rng, num_classes)
   # Two buffers: the train step donates its state, and one buffer cannot be donated
   # twice.
   return {"mu": jnp.array(means), "eta": jnp.array(means), "rho": rho}

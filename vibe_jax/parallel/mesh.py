@@ -32,6 +32,12 @@ def batch_rows(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def stacked_batch_rows(mesh: Mesh) -> NamedSharding:
+  """Several steps' batches stacked (steps, batch, ...): the batch dimension split
+  over the "data" axis, every step on every device."""
+  return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   """Raises ValueError unless every device gets the same number of rows."""
   devices = mesh.shape[DATA_AXIS]

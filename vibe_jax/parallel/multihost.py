@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from vibe_jax.files import is_writer
-from vibe_jax.parallel.mesh import DATA_AXIS, batch_rows, data_mesh
+from vibe_jax.parallel.mesh import DATA_AXIS, batch_rows, data_mesh, stacked_batch_rows
 
 __all__ = ["is_writer", "to_host", "process_rows", "global_batch", "sync"]
 
@@ -80,26 +80,29 @@ def _process_rows(global_batch_size, mesh):
   return slice(blocks[0][0], blocks[-1][1])
 
 
-def global_batch(local_rows: Any, mesh: Mesh) -> Any:
+def global_batch(local_rows: Any, mesh: Mesh, *, stacked: bool = False) -> Any:
   """One global row-sharded batch from each process's own rows.
 
   Args:
     local_rows: this process's rows (`process_rows` of the global batch): an
       array, or a dict (pytree) of arrays with the same leading size.
     mesh: the mesh whose "data" axis splits the rows.
+    stacked: the arrays are several steps' rows (steps, rows, ...): the rows are
+      the second dimension.
 
   Returns:
     A jax.Array (or the same pytree of them) of all processes' rows, in process
     order, sharded by rows.
   """
-  sharding = batch_rows(mesh)
+  sharding = stacked_batch_rows(mesh) if stacked else batch_rows(mesh)
+  axis = int(stacked)
   local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
   def one(rows):
     rows = np.asarray(rows)
-    if rows.ndim == 0 or not local_devices or rows.shape[0] % local_devices:
-      raise ValueError(f"{rows.shape[0] if rows.ndim else 'no'} local rows do not split "
-                       f"evenly over this process's {local_devices} devices")
+    if rows.ndim <= axis or not local_devices or rows.shape[axis] % local_devices:
+      raise ValueError(f"{rows.shape[axis] if rows.ndim > axis else 'no'} local rows do "
+                       f"not split evenly over this process's {local_devices} devices")
     if jax.process_count() == 1:
       return jax.device_put(rows, sharding)
     return jax.make_array_from_process_local_data(sharding, rows)

@@ -59,6 +59,8 @@ class BatchSource(Protocol):
   """What the training loop reads batches from."""
 
   batch_size: int
+  # True when step inputs can be stacked into one call of several steps (`fit`).
+  fusable: bool
 
   def place(self, mesh: Mesh) -> dict[str, jax.Array]:
     """Arrays kept on the devices for the whole stage, passed to every step."""
@@ -74,6 +76,9 @@ class DeviceArrays:
   """The whole dataset (features or uint8 images, labels) replicated on the
   devices; each step gathers its rows by index inside jit (CIFAR-sized data, as
   airbench does). The batch has every array's rows plus "index"."""
+
+  # A step's input is its row indices: several steps stack into one call's input.
+  fusable = True
 
   def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed):
     n = len(next(iter(arrays.values())))
@@ -99,6 +104,8 @@ class StreamBatches:
   `prefetch` threads ahead of the step. Nothing stays on the devices; host memory
   holds `prefetch` batches, whatever the dataset's size. The batch has every
   array's rows plus "index"."""
+
+  fusable = False  # a step's input is its examples: one step per call
 
   def __init__(self, arrays: dict[str, Any], batch_size: int, seed, prefetch: int = 4):
     n = len(next(iter(arrays.values())))

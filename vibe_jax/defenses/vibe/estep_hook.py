@@ -152,6 +152,9 @@ class EStepHook(Hook):
     result = run(variables(state), arrays["v"], arrays["y"], uniform, n)
     return result._replace(labels=result.labels[:n])
 
+  def period(self):
+    return self._c.period
+
   def before_step(self, step, state, arrays):
     if step % self._c.period:
       return state

@@ -80,7 +80,7 @@ def pretrain(config: ml_collections.ConfigDict, data: FeatureData, info: Dataset
     raise InputError(f"config.ssl: {error}") from error
   state = parts.init(jax.random.PRNGKey(config.seed + 1),
                      device.normalize(jnp.asarray(data.train_features[:2]), info))
-  settings = LoopSettings.from_config(config, num_steps=c.num_steps)
+  settings = LoopSettings.from_config(config, num_steps=c.num_steps, backbone=True)
   monitor = KNNMonitor(parts.model, Inputs(info), data, c.knn_every, c.num_steps,
                        config.eval_batch_size)
   source = batch_source({"x": data.train_features}, c.batch_size, (config.seed, 0x551),
