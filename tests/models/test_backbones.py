@@ -36,27 +36,32 @@ def test_backbone_shapes_and_sizes(name, size, params):
 
 def test_cifar_stem_keeps_34x34_maps():
   model = resnet18(cifar_stem=True)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  # Shapes only: tracing, nothing compiled.
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   kernel = variables["params"]["conv1"]["kernel"]
   assert kernel.shape == (3, 3, 3, 64)
-  _, inter = model.apply(variables, jnp.zeros((1, 32, 32, 3)),
-                         capture_intermediates=lambda mdl, _: mdl.name == "bn1")
+  _, inter = jax.eval_shape(lambda v, x: model.apply(
+      v, x, capture_intermediates=lambda mdl, _: mdl.name == "bn1"),
+      variables, jnp.zeros((1, 32, 32, 3)))
   assert inter["intermediates"]["bn1"]["__call__"][0].shape == (1, 34, 34, 64)
 
 
 def test_batchnorm_updates_only_in_training():
   model = build_backbone("resnet18_cifar")
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3)) * 3 + 1
-  variables = model.init(jax.random.PRNGKey(0), x)
-  out_eval = model.apply(variables, x)
-  out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  # Jitted: eagerly, every operation of ResNet-18 is compiled on its own.
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+  out_eval = apply(variables, x)
+  out_train, updates = apply(variables, x, train=True, mutable=("batch_stats",))
   changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
                                    variables["batch_stats"], updates["batch_stats"])
   assert all(jax.tree_util.tree_leaves(changed))
   assert not np.allclose(out_eval, out_train)
   # Eval mode reads the running averages: the output does not depend on the batch.
-  alone = model.apply(variables, x[:1])
-  np.testing.assert_allclose(alone, out_eval[:1], rtol=1e-4, atol=1e-5)
+  # (Other rows changed, same shape: the compiled program is reused.)
+  others = apply(variables, x.at[1:].set(0.0))
+  np.testing.assert_allclose(others[:1], out_eval[:1], rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_backbone_is_named():

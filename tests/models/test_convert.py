@@ -27,7 +27,8 @@ def _compare(torch_model, flax_model, variables, size, atol):
   x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
   with torch.no_grad():
     want = torch_model.eval()(torch.from_numpy(x)).numpy()
-  got = flax_model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  # Jitted: eagerly, every operation of the forward is compiled on its own.
+  got = jax.jit(flax_model.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(got, want, atol=atol, rtol=1e-4)
 
 
