@@ -87,7 +87,6 @@ def test_the_slow_grid_covers_every_attack_and_variant_of_each_dataset():
     assert {v for d, _, v in runs if d == dataset} == set(grid.VARIANTS)
 
 
-@pytest.mark.slow
 def _grouped(runs):
   """`runs` as pytest params, a dataset's self-supervised runs in one xdist group:
   run one after the other on one worker, all but the first load their compiled
@@ -97,6 +96,7 @@ def _grouped(runs):
           if v.startswith("ss") else (d, a, v) for d, a, v in runs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,attack,variant", _grouped(_runs()))
 def test_every_grid_experiment_runs_one_step(tmp_path, tiny_folder, dataset, attack, variant):
   config = importlib.import_module(f"configs.{dataset}").get_config(

@@ -1,4 +1,5 @@
-"""Our BatchNorm and max-pooling equal Flax's (and PyTorch's) to float tolerance."""
+"""Our BatchNorm, max-pooling and wide-padding convolution equal Flax's (and PyTorch's)
+to float tolerance."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +10,7 @@ import torch
 
 from tests import torch_models
 from vibe_jax.models.cnn import SmallCNN
-from vibe_jax.models.layers import BatchNorm, max_pool2
+from vibe_jax.models.layers import BatchNorm, conv_wide_padding, max_pool2
 
 
 def _loss(module, variables, x, g, train):
@@ -60,6 +61,28 @@ def test_max_pool2_equals_max_pool_and_splits_only_exact_ties():
   tied = jnp.zeros((1, 2, 2, 1))
   split = jax.grad(lambda v: 3.0 * jnp.sum(max_pool2(v)))(tied)
   np.testing.assert_allclose(split[0, :, :, 0], 0.75)  # a four-way tie shares it
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [
+    ((3, 3), (1, 1), 2),             # the CIFAR ResNet stem: padded by 1 first
+    ((3, 3), (2, 2), ((3, 0), (1, 2))),  # uneven, one side beyond the half-width
+    ((7, 7), (2, 2), 3),             # within the half-width: passed through
+    ((3, 3), (1, 1), "SAME"),
+])
+def test_conv_wide_padding_equals_the_convolution(kernel, strides, padding):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 11, 12, 3), np.float32))
+  ours = nn.Conv(4, kernel, strides, padding=padding, conv_general_dilated=conv_wide_padding)
+  theirs = nn.Conv(4, kernel, strides, padding=padding)
+  variables = theirs.init(jax.random.PRNGKey(0), x)
+  y1, y2 = ours.apply(variables, x), theirs.apply(variables, x)
+  assert y1.shape == y2.shape
+  np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.standard_normal(y2.shape, np.float32))
+  grads = [jax.grad(lambda v, x, m=m: jnp.sum(m.apply(v, x) * g), argnums=(0, 1))(variables, x)
+           for m in (ours, theirs)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_small_cnn_matches_pytorch_forward_and_gradients():

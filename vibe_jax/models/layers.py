@@ -14,6 +14,8 @@ instead of `nn.max_pool`'s scatter with materialised index arrays. Where two inp
 of a window tie for the maximum it splits the gradient between them (`nn.max_pool`
 and PyTorch give it all to one); after a ReLU the only ties of non-zero
 probability are at zero, whose gradient the ReLU removes anyway.
+`conv_wide_padding` pads beyond a kernel's half-width with `jnp.pad` before the
+convolution, which keeps XLA's CPU weight gradient on its fast kernels.
 """
 
 import functools
@@ -23,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BatchNorm", "batch_norm_train", "max_pool2"]
+__all__ = ["BatchNorm", "batch_norm_train", "conv_wide_padding", "max_pool2"]
 
 
 def _channel_sums(flat: jax.Array) -> jax.Array:
@@ -122,3 +124,28 @@ def max_pool2(x: jax.Array) -> jax.Array:
   a select in the backward, ties share the gradient)."""
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+
+def conv_wide_padding(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
+                      **kwargs) -> jax.Array:
+  """`lax.conv_general_dilated` with padding beyond the kernel's half-width done by
+  `jnp.pad` first.
+
+  Takes the arguments Flax's `nn.Conv` passes (its `conv_general_dilated`), NHWC
+  input and HWIO kernel, explicit (low, high) padding pairs. XLA's CPU backend
+  runs the weight gradient of a 3x3 convolution with padding 2 (the CIFAR ResNet
+  stem's, 32 -> 34 pixels) 46x slower than that of the same convolution with
+  padding 1 on an input padded by 1 beforehand (1.82 s against 0.040 s for a batch
+  of 256 on a 2-core AMD EPYC), which took 1.4 s off ResNet-18's M-step there
+  (9.9 -> 8.4 s per batch of 256). The result is the same convolution; gradients equal to
+  float rounding.
+  """
+  if isinstance(padding, str):
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+  half = [(k - 1) // 2 for k in rhs.shape[:-2]]
+  inner = [(min(lo, h), min(hi, h)) for (lo, hi), h in zip(padding, half)]
+  outer = [(lo - a, hi - b) for (lo, hi), (a, b) in zip(padding, inner)]
+  if any(lo or hi for lo, hi in outer):
+    lhs = jnp.pad(lhs, ((0, 0), *outer, (0, 0)))
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, inner, **kwargs)

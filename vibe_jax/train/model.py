@@ -92,8 +92,8 @@ def initial_variables(model: VIBEModel, sample: jax.Array, seed: int,
 
   Only a backbone that trains from random weights is initialised for real: with
   `weights`, or without a backbone, the variables' shapes come from tracing
-  `model.init`, which compiles nothing (XLA took 40 s on EfficientNet-Lite0's
-  initialiser at 224 x 224 on a 2-core CPU, 1 s on the quickstart's head).
+  `model.init`, which compiles nothing (for EfficientNet-Lite0 at 224 x 224 on a
+  2-core CPU: 0.4 s, against 7.7 s to compile and run its initialiser).
   """
   loaded = load_variables(weights) if weights and model.backbone is not None else None
   if model.backbone is not None and loaded is None:
