@@ -8,17 +8,17 @@ with a linear classifier and cross-entropy for the M-step (the VIBE head is unde
 of the step's work) and the same projector and NT-Xent loss for SimCLR, SGD with
 momentum (LARS adds one norm per layer). Both sides get the same normalised float32
 batch and no augmentation, so the figures compare model compute. The contenders run
-interleaved, `--steps` steps each per round, and each figure is the median over
-`--rounds` rounds; the last column is our time over the best PyTorch layout's.
+interleaved, at least `--steps` steps and `--min_seconds` each per round, and each
+figure is the median over `--rounds` rounds; the last column is our time over the best PyTorch layout's.
 
   pip install -e ".[bench]"
   python benchmarks/train_step.py --backbones=resnet18_cifar,small_cnn --batch_size=256
 """
 
 import argparse
+import math
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -141,6 +141,10 @@ def main():
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--steps", type=int, default=3, help="steps per round")
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--min_seconds", type=float, default=2.0,
+                      help="each contender runs at least this long per round (more "
+                           "steps than --steps for fast models: 2 steps of the small "
+                           "CNN, 0.2 s each, gave ratios 20%% apart between two runs)")
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
   b = args.batch_size
@@ -164,13 +168,15 @@ def main():
           "torch NCHW": (torch_step(name, kind, inputs, y, False), torch_block),
           "torch channels-last": (torch_step(name, kind, inputs, y, True), torch_block),
       }
-      for run, block in contenders.values():  # compile / warm up
+      steps = {}
+      for k, (run, block) in contenders.items():  # compile / warm up, size the rounds
         block(run())
-        block(run())
+        once = _seconds(run, 1, block)
+        steps[k] = max(args.steps, math.ceil(args.min_seconds / once))
       times = {k: [] for k in contenders}
       for _ in range(args.rounds):
         for k, (run, block) in contenders.items():
-          times[k].append(_seconds(run, args.steps, block))
+          times[k].append(_seconds(run, steps[k], block))
       median = {k: statistics.median(v) for k, v in times.items()}
       best = min(median["torch NCHW"], median["torch channels-last"])
       rows.append((name, kind, {k: images / v for k, v in median.items()},
@@ -179,8 +185,7 @@ def main():
                                             for k, v in median.items()) +
             f"; vibe_jax time / best PyTorch {median['vibe_jax'] / best:.2f}x", flush=True)
   prov = provenance.provenance()
-  print(f"\n{platform.processor() or platform.machine()}, {prov['device']}, "
-        f"{os.cpu_count()} cores, batch {b} (SimCLR: {b} x 2 views), commit "
+  print(f"\n{prov['cpu']}, {prov['device']}, batch {b} (SimCLR: {b} x 2 views), commit "
         f"{prov['commit']}, jax {jax.__version__}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
   print("| backbone | step | vibe_jax img/s | PyTorch NCHW | PyTorch channels-last | "
