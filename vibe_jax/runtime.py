@@ -35,7 +35,8 @@ _log = logging.getLogger("vibe_jax")
 # (README "Performance").
 CPU_FLAGS: dict[str, tuple[str, str]] = {
     # XLA's experimental YNNPACK fusions made the small-CNN M-step 2.2x and the
-    # ResNet-18 one 2.8x slower on this AVX2 CPU; an empty list turns them off.
+    # ResNet-18 one 2.8x slower on an AVX2 EPYC, the small-CNN one 1.9x on an
+    # AVX-512 one (425 against 222 ms a batch); an empty list turns them off.
     "xla_cpu_experimental_ynn_fusion_type": ("", "its fusions slowed the conv steps 2-3x"),
 }
 
