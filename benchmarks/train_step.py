@@ -9,7 +9,8 @@ of the step's work) and the same projector and NT-Xent loss for SimCLR, SGD with
 momentum (LARS adds one norm per layer). Both sides get the same normalised float32
 batch and no augmentation, so the figures compare model compute. The contenders run
 interleaved, at least `--steps` steps and `--min_seconds` each per round, and each
-figure is the median over `--rounds` rounds; the last column is our time over the best PyTorch layout's.
+figure is the median over `--rounds` rounds; the last column is our time over the
+best PyTorch layout's.
 
   pip install -e ".[bench]"
   python benchmarks/train_step.py --backbones=resnet18_cifar,small_cnn --batch_size=256

@@ -28,26 +28,26 @@ def _cpu(cpuinfo: str | None = None) -> str:
   # The host CPU matters for CPU timings (and for the host side of accelerator runs):
   # machines sold under one model name ("AMD EPYC") differ in generation and vector
   # width, which moved our step timings against PyTorch's by 1.3x between two of them.
-  try:
-    fields = {}
-    if cpuinfo is None:
+  if cpuinfo is None:
+    try:
       cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
-    for line in cpuinfo.splitlines():
-      key, _, value = line.partition(":")
-      if not key.strip():
-        break  # the first processor's block is enough
-      fields[key.strip()] = value.strip()
+    except OSError:
+      cpuinfo = ""
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    if not key.strip():
+      break  # the first processor's block is enough
+    fields[key.strip()] = value.strip()
+  if "model name" in fields:
+    detail = []
+    if "cpu family" in fields and "model" in fields:
+      detail.append(f"family {fields['cpu family']} model {fields['model']}")
     flags = set(fields.get("flags", "").split())
-    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
-                                        ("avx", "AVX")) if flag in flags), None)
-    if "model name" in fields:
-      detail = ", ".join(part for part in (
-          f"family {fields['cpu family']} model {fields['model']}"
-          if "cpu family" in fields and "model" in fields else "", isa or "") if part)
-      name = fields["model name"] + (f" ({detail})" if detail else "")
-      return f"{name}, {os.cpu_count()} cores"
-  except OSError:
-    pass
+    detail += [name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                       ("avx", "AVX")) if flag in flags][:1]
+    suffix = f" ({', '.join(detail)})" if detail else ""
+    return f"{fields['model name']}{suffix}, {os.cpu_count()} cores"
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 

@@ -126,7 +126,6 @@ def max_pool2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-
 def conv_wide_padding(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
                       **kwargs) -> jax.Array:
   """`lax.conv_general_dilated` with padding beyond the kernel's half-width done by
@@ -138,8 +137,8 @@ def conv_wide_padding(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
   stem's, 32 -> 34 pixels) 46x slower than that of the same convolution with
   padding 1 on an input padded by 1 beforehand (1.82 s against 0.040 s for a batch
   of 256 on a 2-core AMD EPYC), which took 1.4 s off ResNet-18's M-step there
-  (9.9 -> 8.4 s per batch of 256). The result is the same convolution; gradients equal to
-  float rounding.
+  (9.9 -> 8.4 s per batch of 256). The result is the same convolution; gradients
+  equal to float rounding.
   """
   if isinstance(padding, str):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
