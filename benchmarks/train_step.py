@@ -27,6 +27,7 @@ import time
 from vibe_jax import runtime
 
 runtime.configure_xla_flags()  # before jax is imported, as `python -m vibe_jax.main` does
+MALLOC = runtime.configure_allocator()  # as main does; PyTorch shares the process
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -188,7 +189,8 @@ def main():
   prov = provenance.provenance()
   print(f"\n{prov['cpu']}, {prov['device']}, batch {b} (SimCLR: {b} x 2 views), commit "
         f"{prov['commit']}, jax {jax.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+        f"({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"host allocator reuse (runtime.configure_allocator): {MALLOC}\n")
   print("| backbone | step | vibe_jax img/s | PyTorch NCHW | PyTorch channels-last | "
         "vibe_jax time / best PyTorch |")
   print("|---|---|---:|---:|---:|---:|")

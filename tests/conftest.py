@@ -9,6 +9,7 @@ import tempfile  # noqa: E402
 from vibe_jax import runtime  # noqa: E402
 
 runtime.configure_xla_flags()  # the flags a run gets (vibe_jax.main sets them too)
+runtime.configure_allocator()  # and its allocator settings
 
 # Many tests compile the same steps (the config grid above all): a persistent
 # compilation cache for the session makes the repeats cheap.

@@ -19,6 +19,36 @@ def test_xla_flags_add_ours_keep_the_users_and_switch_off():
   assert runtime.xla_flags_in_effect({"XLA_FLAGS": "--a=1", "VIBE_JAX_XLA_FLAGS": "0"}) == "--a=1"
 
 
+_FAULTS = """
+import ctypes, resource, sys
+from vibe_jax import runtime
+applied = runtime.configure_allocator() if sys.argv[1] == "on" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def faults_of_one_buffer(size=100 * 2**20):  # as XLA's runtime allocates a step's buffers
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  buffer = libc.malloc(size)
+  ctypes.memset(buffer, 1, size)
+  libc.free(buffer)
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_one_buffer()
+print(applied, faults_of_one_buffer())
+"""
+
+
+def test_the_allocator_reuses_freed_buffers_instead_of_faulting_them_in_again():
+  runs = {}
+  for mode in ("on", "off"):
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    runs[mode] = (out[0], int(out[1]))
+  assert runs["on"][0] == "True"
+  assert runs["off"][1] > 20_000  # 25,600 pages of 4 KiB mapped and touched afresh
+  assert runs["on"][1] < 1_000  # the freed buffer's pages, reused
+  assert runtime.configure_allocator({"VIBE_JAX_MALLOC": "0"}) is False
+
+
 def test_compilation_cache_dir_flag_environment_default_and_off(tmp_path):
   assert runtime.compilation_cache_dir(str(tmp_path), {}) == tmp_path
   assert runtime.compilation_cache_dir(None, {"VIBE_JAX_COMPILATION_CACHE": "/c"}) == (

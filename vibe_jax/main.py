@@ -25,6 +25,7 @@ import traceback
 from vibe_jax import runtime
 
 runtime.configure_xla_flags()  # before any backend starts: XLA reads the flags once
+runtime.configure_allocator()  # before XLA's threads allocate
 
 # pylint: disable=wrong-import-position
 from absl import app

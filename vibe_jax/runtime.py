@@ -9,6 +9,15 @@ here is an `xla_cpu_*` flag, read only by XLA's CPU compiler: GPU and TPU progra
 compile exactly as without it (none was measured there). A flag the user already
 put in XLA_FLAGS wins; VIBE_JAX_XLA_FLAGS=0 turns ours off altogether.
 
+`configure_allocator()` makes glibc's malloc keep the host memory XLA's CPU
+runtime frees for the next step instead of unmapping it (one arena, no mmap, no
+trim): each step of a CPU run allocates its activations again (the small-CNN
+M-step 120-220 MB a batch of 256), and with glibc's defaults every large buffer
+was mapped afresh and page-faulted, 30,000-54,000 faults a step. It applies only
+on a glibc system where no accelerator plugin of JAX is installed, before the
+first allocation of XLA's threads; VIBE_JAX_MALLOC=0 leaves the allocator alone.
+The price: the process keeps its peak host memory until it ends.
+
 `enable_compilation_cache()` turns on JAX's persistent compilation cache, so that a
 second run of the same program (a rerun, a resumed run, the next seed of a sweep)
 loads its compiled steps instead of compiling them again. Where: `--compilation_cache`
@@ -17,6 +26,7 @@ $XDG_CACHE_HOME/vibe_jax/jax (~/.cache/vibe_jax/jax); "off" turns it off.
 """
 
 import contextlib
+import ctypes
 import importlib.abc
 import importlib.util
 import logging
@@ -26,7 +36,7 @@ import sys
 
 import jax  # importing creates no backend: XLA_FLAGS are read at the first use
 
-__all__ = ["CPU_FLAGS", "configure_xla_flags", "xla_flags_in_effect",
+__all__ = ["CPU_FLAGS", "configure_xla_flags", "xla_flags_in_effect", "configure_allocator",
            "compilation_cache_dir", "enable_compilation_cache", "lazy_modules"]
 
 _log = logging.getLogger("vibe_jax")
@@ -34,10 +44,17 @@ _log = logging.getLogger("vibe_jax")
 # name -> (value, why), measured with benchmarks/train_step.py on a 2-core AMD EPYC
 # (README "Performance").
 CPU_FLAGS: dict[str, tuple[str, str]] = {
-    # XLA's experimental YNNPACK fusions made the small-CNN M-step 2.2x and the
-    # ResNet-18 one 2.8x slower on an AVX2 EPYC, the small-CNN one 1.9x on an
-    # AVX-512 one (425 against 222 ms a batch); an empty list turns them off.
-    "xla_cpu_experimental_ynn_fusion_type": ("", "its fusions slowed the conv steps 2-3x"),
+    # XLA's experimental YNNPACK fusions as jaxlib 0.10 has them by default (dots
+    # and reductions) made the small-CNN M-step 2.2x and the ResNet-18 one 2.8x
+    # slower on an AVX2 EPYC, the small-CNN one 1.9x on an AVX-512 one (425 against
+    # 222 ms a batch); dots alone were slower too, eltwise with reduce 173 against
+    # 143 ms. Its reductions alone are the fast part: a channel sum of a (262144, 32)
+    # activation took 0.51 ms against 2.05 ms as a product with a ones vector and
+    # 1.00 ms as XLA's own reduction, and BatchNorm's sums (models/layers.py) made
+    # the small-CNN M-step 139 ms against 155 ms with the products (AVX-512 EPYC).
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "reduce", "YNNPACK's reductions only: its dot fusions slowed the conv steps "
+                  "2-3x, its reductions made BatchNorm's sums 3x faster"),
 }
 
 
@@ -60,6 +77,36 @@ def configure_xla_flags() -> str:
   if value:
     os.environ["XLA_FLAGS"] = value
   return value
+
+
+# mallopt's parameters (glibc's malloc.h) and the values `configure_allocator` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_MALLOC_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))  # -1: never trim
+
+
+def _accelerator_plugin_installed() -> bool:
+  # JAX's GPU plugins live in the `jax_plugins` namespace package (and in
+  # `jax_cuda*_plugin`), the TPU runtime is `libtpu`: a host with any of them
+  # runs its steps on the accelerator, where the host allocator is not the cost.
+  return any(importlib.util.find_spec(name) is not None
+             for name in ("jax_plugins", "libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin"))
+
+
+def configure_allocator(environ: dict[str, str] | None = None) -> bool:
+  """Makes glibc's malloc reuse freed host memory (module docstring); returns whether
+  it did. Call it first thing, before JAX runs anything."""
+  environ = os.environ if environ is None else environ
+  if environ.get("VIBE_JAX_MALLOC", "1") == "0":
+    return False
+  platforms = environ.get("JAX_PLATFORMS", "")
+  if platforms.split(",")[0] != "cpu" and _accelerator_plugin_installed():
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.gnu_get_libc_version  # pylint: disable=pointless-statement  # glibc only
+  except (OSError, AttributeError):
+    return False  # another C library (macOS, musl): its allocator is left as it is
+  return all(libc.mallopt(param, value) == 1 for param, value in _MALLOC_SETTINGS)
 
 
 def compilation_cache_dir(flag: str | None = None,

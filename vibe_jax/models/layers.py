@@ -1,23 +1,27 @@
 """Layers shared by the backbones, written for the speed of XLA's CPU backend.
 
 `BatchNorm` is Flax's `nn.BatchNorm` (same variables, same statistics, same
-running-average update) with its batch reductions done as matrix-vector products,
-its variance in two passes (Flax: one) and its backward written out. XLA's CPU compiler turns the reductions of
-`jnp.mean` into tree reductions (`reduce-window`) that ran at about 1 GB/s; a
-product with a ones vector goes to the matmul kernels. On the ResNet-18 shapes one
-BatchNorm forward and backward took 0.18-0.43x Flax's time (one-pass variance), and
-the small-CNN M-step ran at 760 img/s with the one-pass variance, 853 with the
-two-pass one used here, against 474 with Flax's; results equal Flax's to 1e-5
+running-average update) with its variance in two passes (Flax: one) and its
+backward written out. Its batch sums are plain `jnp.sum`s, which XLA's CPU compiler
+hands to YNNPACK's reductions under `vibe_jax.runtime.CPU_FLAGS` (YNN fusions of
+type "reduce"): on a (262144, 32) activation the sum and the centred sum of squares
+took 1.98 ms together, against 6.1 ms as products with a ones vector (this
+module's earlier form, which needed the squares written out) and against XLA's own
+tree reductions at about 1 GB/s (`reduce-window`, which Flax's `jnp.mean` got with
+the YNN fusions off). The small-CNN M-step took 139 ms against 155 ms with the
+products (one process, interleaved, 2-core AMD EPYC); results equal Flax's to 1e-5
 relative (float rounding: the sums are accumulated in another order).
 `max_pool2` is 2x2 max-pooling by reshape and max, whose backward is a select
 instead of `nn.max_pool`'s scatter with materialised index arrays. Where two inputs
 of a window tie for the maximum it splits the gradient between them (`nn.max_pool`
 and PyTorch give it all to one); after a ReLU the only ties of non-zero
-probability are at zero, whose gradient the ReLU removes anyway.
+probability are at zero, whose gradient the ReLU removes anyway. (A custom
+backward giving the gradient to the first maximum, as PyTorch, took 148 ms
+against 134 ms a small-CNN step: XLA fused the window selection into the layout
+copies of the next convolution's weight gradient.)
 `conv_wide_padding` pads beyond a kernel's half-width with `jnp.pad` before the
 convolution, which keeps XLA's CPU weight gradient on its fast kernels.
 """
-
 import functools
 from typing import Any, Callable
 
@@ -29,19 +33,19 @@ __all__ = ["BatchNorm", "batch_norm_train", "conv_wide_padding", "max_pool2"]
 
 
 def _channel_sums(flat: jax.Array) -> jax.Array:
-  """(N, C) -> (C,): sums over rows as a product with a ones vector (the fast
-  reduction on XLA's CPU backend; see the module docstring)."""
-  return jnp.ones((flat.shape[0],), flat.dtype) @ flat
+  """(N, C) -> (C,): sums over rows (YNNPACK's reduction on the CPU; module
+  docstring)."""
+  return jnp.sum(flat, axis=0)
 
 
 def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   flat = x.reshape(-1, x.shape[-1])
   n = flat.shape[0]
   mean = _channel_sums(flat) / n
-  # Two passes, E[(x - E[x])^2], not Flax's E[x^2] - E[x]^2: a matrix product sums in
-  # one running order, not pairwise as XLA's reductions, and on near-constant channels
-  # the one-pass form then lost the variance's low bits (a batch split over two
-  # processes moved such a channel's gradient by 1e-4).
+  # Two passes, E[(x - E[x])^2], not Flax's E[x^2] - E[x]^2: on near-constant
+  # channels the one-pass form lost the variance's low bits (with sums as matrix
+  # products, a batch split over two processes moved such a channel's gradient by
+  # 1e-4). The squares are not written out: the reduction takes them as it reads.
   centred = flat - mean
   return mean, _channel_sums(centred * centred) / n
 
@@ -82,7 +86,7 @@ batch_norm_train.defvjp(_bn_forward, _bn_backward)
 
 
 class BatchNorm(nn.Module):
-  """`nn.BatchNorm` over the last axis with fast CPU reductions (module docstring).
+  """`nn.BatchNorm` over the last axis, fast on the CPU (module docstring).
 
   Variables as Flax's: params "scale" and "bias", batch_stats "mean" and "var"
   (the biased batch variance, as Flax keeps it), so checkpoints and converted
