@@ -12,8 +12,9 @@ put in XLA_FLAGS wins; VIBE_JAX_XLA_FLAGS=0 turns ours off altogether.
 `configure_allocator()` makes glibc's malloc keep the host memory XLA's CPU
 runtime frees for the next step instead of unmapping it (one arena, no mmap, no
 trim): each step of a CPU run allocates its activations again (the small-CNN
-M-step 120-220 MB a batch of 256), and with glibc's defaults every large buffer
-was mapped afresh and page-faulted, 30,000-54,000 faults a step. It applies only
+M-step about 420 MB in buffers of 38-151 MB a batch of 256), and with glibc's
+defaults every large buffer was mapped afresh and page-faulted: 30,000-54,000
+faults a small-CNN step, 520,000-625,000 a ResNet-18 one. It applies only
 on a glibc system where no accelerator plugin of JAX is installed, before the
 first allocation of XLA's threads; VIBE_JAX_MALLOC=0 leaves the allocator alone.
 The price: the process keeps its peak host memory until it ends.

@@ -22,6 +22,7 @@ copies of the next convolution's weight gradient.)
 `conv_wide_padding` pads beyond a kernel's half-width with `jnp.pad` before the
 convolution, which keeps XLA's CPU weight gradient on its fast kernels.
 """
+
 import functools
 from typing import Any, Callable
 
