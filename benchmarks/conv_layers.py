@@ -15,7 +15,6 @@ process settings `vibe_jax.main` uses (XLA flags, host allocator), 2 threads.
 
 import argparse
 import statistics
-import time
 
 from vibe_jax import runtime
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from train_step import seconds_per_step  # pylint: disable=wrong-import-position
 from vibe_jax import provenance  # pylint: disable=wrong-import-position
 
 
@@ -50,15 +50,8 @@ def layers(backbone: str) -> list[tuple[int, int, int, int, int, int, int, bool]
 
 
 def _median_ms(run, block, steps, rounds):
-  block(run())
-  times = []
-  for _ in range(rounds):
-    began = time.perf_counter()
-    for _ in range(steps):
-      out = run()
-    block(out)
-    times.append((time.perf_counter() - began) / steps * 1e3)
-  return statistics.median(times)
+  block(run())  # compile
+  return statistics.median(seconds_per_step(run, steps, block) for _ in range(rounds)) * 1e3
 
 
 def main():

@@ -127,7 +127,8 @@ def torch_step(name, kind, inputs, y, channels_last):
   return run
 
 
-def _seconds(run, steps, block):
+def seconds_per_step(run, steps, block):
+  """Mean wall seconds of `steps` calls of `run`, `block` waiting for the last result."""
   began = time.perf_counter()
   for _ in range(steps):
     out = run()
@@ -173,12 +174,12 @@ def main():
       steps = {}
       for k, (run, block) in contenders.items():  # compile / warm up, size the rounds
         block(run())
-        once = _seconds(run, 1, block)
+        once = seconds_per_step(run, 1, block)
         steps[k] = max(args.steps, math.ceil(args.min_seconds / once))
       times = {k: [] for k in contenders}
       for _ in range(args.rounds):
         for k, (run, block) in contenders.items():
-          times[k].append(_seconds(run, steps[k], block))
+          times[k].append(seconds_per_step(run, steps[k], block))
       median = {k: statistics.median(v) for k, v in times.items()}
       best = min(median["torch NCHW"], median["torch channels-last"])
       rows.append((name, kind, {k: images / v for k, v in median.items()},
