@@ -1,9 +1,12 @@
 """Convolutions alone against PyTorch: each convolution of a backbone, forward and
-both gradients, ours (XLA) against PyTorch channels-last, and the step's total.
+both gradients, ours against PyTorch channels-last, and the step's total.
 
 Where the training-step benchmark (`train_step.py`) says how far a whole step is
-from PyTorch's, this says how much of it is the convolution kernels themselves:
-XLA's CPU convolutions are Eigen's, PyTorch's are oneDNN's. Ours is timed as two
+from PyTorch's, this says how much of it is the convolution kernels themselves.
+Ours is the models' convolution, `vibe_jax.models.onednn_conv.conv`: oneDNN's
+kernels (PyTorch's) for the forward and a stride-1 input gradient where it applies,
+XLA's (Eigen's) otherwise and for every weight gradient; VIBE_JAX_ONEDNN_CONV=0
+times XLA's alone. Ours is timed as two
 jitted programs (the forward, then the gradients of a linear loss, which need no
 forward), PyTorch's as one forward and backward; the first convolution takes no
 input gradient on either side (its input is the data). Both sides run under the
@@ -28,6 +31,7 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from train_step import seconds_per_step  # pylint: disable=wrong-import-position
 from vibe_jax import provenance  # pylint: disable=wrong-import-position
+from vibe_jax.models import onednn_conv  # pylint: disable=wrong-import-position
 
 
 def layers(backbone: str) -> list[tuple[int, int, int, int, int, int, int, bool]]:
@@ -71,8 +75,8 @@ def main():
     w = (rng.standard_normal((k, k, cin, cout)) * 0.05).astype(np.float32)
 
     def conv(x, w, stride=stride, pad=pad):
-      return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return onednn_conv.conv(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     g = rng.standard_normal(jax.eval_shape(conv, x, w).shape).astype(np.float32)
     forward = jax.jit(conv)
@@ -103,7 +107,8 @@ def main():
   print(f"\nall convolutions of one {args.backbone} step at batch {b}: ours "
         f"{total['ours']:.0f} ms, PyTorch {total['torch']:.0f} ms, ratio "
         f"{total['ours'] / total['torch']:.2f}\n{prov['cpu']}, commit {prov['commit']}, "
-        f"jax {jax.__version__}, torch {torch.__version__}")
+        f"jax {jax.__version__}, torch {torch.__version__}, oneDNN convolutions: "
+        f"{onednn_conv.available()}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vibe_jax.models import onednn_conv
 from vibe_jax.models.layers import BatchNorm, max_pool2
 
 __all__ = ["SmallCNN"]
@@ -24,7 +25,7 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for width in self.widths:
-      x = nn.Conv(width, (3, 3), use_bias=False)(x)
+      x = nn.Conv(width, (3, 3), use_bias=False, conv_general_dilated=onednn_conv.conv)(x)
       x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
       x = nn.relu(x)
       x = max_pool2(x) if x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0 else nn.max_pool(

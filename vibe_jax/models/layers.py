@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vibe_jax.models import onednn_conv
+
 __all__ = ["BatchNorm", "batch_norm_train", "conv_wide_padding", "max_pool2"]
 
 
@@ -133,8 +135,8 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
 def conv_wide_padding(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
                       **kwargs) -> jax.Array:
-  """`lax.conv_general_dilated` with padding beyond the kernel's half-width done by
-  `jnp.pad` first.
+  """`onednn_conv.conv` (`lax.conv_general_dilated` on oneDNN where it applies) with
+  padding beyond the kernel's half-width done by `jnp.pad` first.
 
   Takes the arguments Flax's `nn.Conv` passes (its `conv_general_dilated`), NHWC
   input and HWIO kernel, explicit (low, high) padding pairs. XLA's CPU backend
@@ -146,10 +148,10 @@ def conv_wide_padding(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
   equal to float rounding.
   """
   if isinstance(padding, str):
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    return onednn_conv.conv(lhs, rhs, window_strides, padding, **kwargs)
   half = [(k - 1) // 2 for k in rhs.shape[:-2]]
   inner = [(min(lo, h), min(hi, h)) for (lo, hi), h in zip(padding, half)]
   outer = [(lo - a, hi - b) for (lo, hi), (a, b) in zip(padding, inner)]
   if any(lo or hi for lo, hi in outer):
     lhs = jnp.pad(lhs, ((0, 0), *outer, (0, 0)))
-  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, inner, **kwargs)
+  return onednn_conv.conv(lhs, rhs, window_strides, inner, **kwargs)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vibe_jax.models import onednn_conv
 from vibe_jax.models.layers import BatchNorm, conv_wide_padding
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet50"]
@@ -39,7 +40,8 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init,
+                             conv_general_dilated=onednn_conv.conv)
     y = conv(self.features, (3, 3), (self.stride, self.stride), padding=1, name="conv1")(x)
     y = nn.relu(_norm(train, "bn1")(y))
     y = conv(self.features, (3, 3), padding=1, name="conv2")(y)
@@ -59,7 +61,8 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init,
+                             conv_general_dilated=onednn_conv.conv)
     out = self.features * self.expansion
     y = nn.relu(_norm(train, "bn1")(conv(self.features, (1, 1), name="conv1")(x)))
     y = conv(self.features, (3, 3), (self.stride, self.stride), padding=1, name="conv2")(y)
@@ -95,7 +98,8 @@ class ResNet(nn.Module):
                   conv_general_dilated=conv_wide_padding, name="conv1")(x)
     else:
       x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False,
-                  kernel_init=_conv_init, name="conv1")(x)
+                  kernel_init=_conv_init, conv_general_dilated=onednn_conv.conv,
+                  name="conv1")(x)
     x = nn.relu(_norm(train, "bn1")(x))
     if not self.cifar_stem:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
