@@ -4,8 +4,8 @@ XLA's CPU backend runs `lax.conv_general_dilated` on Eigen's convolution kernels
 which are what kept our CPU training steps behind PyTorch's (benchmarks/
 conv_layers.py). jaxlib's XLA also carries oneDNN and a thunk that runs a
 convolution custom call named `__onednn$convolution` on it (its own rewriter
-emits these only for inference graphs, under a flag). `conv` below emits that
-custom call itself for the forward convolution and for the input gradient of a
+left our models' convolutions alone even under `xla_cpu_use_onednn`). `conv`
+emits that custom call itself for the forward convolution and the input gradient of a
 stride-1 one (a forward convolution of the output gradient with the flipped
 kernel), and leaves the weight gradient to XLA: the thunk runs forward
 convolutions only, and a weight gradient written as one (batch as channels, a
@@ -24,8 +24,13 @@ custom call compiles and gives `lax`'s result on a small case (so a jaxlib whose
 XLA lacks oneDNN, or reads the config differently, falls back instead of
 failing), and the environment does not say VIBE_JAX_ONEDNN_CONV=0. Each call also
 needs float32 NHWC/HWIO operands, no dilation and one feature group; anything
-else, and any transformation but jit, grad and vmap, goes to
-`lax.conv_general_dilated` (vmap: through `lax` on the batched operands).
+else goes to `lax.conv_general_dilated`. Under vmap the primitive runs as `lax` on
+the batched operands; forward-mode differentiation (jvp) is not defined (a
+custom_vjp).
+
+Cost: jaxlib cannot serialise a CPU program holding this custom call, so programs
+with these convolutions are compiled in every process instead of coming from the
+persistent compilation cache; `available()` silences JAX's warning about it.
 """
 
 import functools
