@@ -198,8 +198,8 @@ def available() -> bool:
   return ok
 
 
-def _applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-             dimension_numbers, feature_group_count, batch_group_count, precision,
+def _applies(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+             feature_group_count, batch_group_count, precision,
              preferred_element_type) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4:
     return False
@@ -224,9 +224,8 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
   Same arguments (Flax's `nn.Conv(..., conv_general_dilated=conv)` passes them);
   padding as (low, high) pairs or "SAME" / "VALID".
   """
-  if _applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-              dimension_numbers, feature_group_count, batch_group_count, precision,
-              preferred_element_type):
+  if _applies(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+              feature_group_count, batch_group_count, precision, preferred_element_type):
     if isinstance(padding, str):  # "SAME" or "VALID", as lax reads them
       padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     return _conv_nhwc(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
