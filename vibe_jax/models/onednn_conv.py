@@ -7,15 +7,16 @@ convolution custom call named `__onednn$convolution` on it (its own rewriter
 left our models' convolutions alone even under `xla_cpu_use_onednn`). `conv`
 emits that custom call itself for the forward convolution and the input gradient of a
 stride-1 one (a forward convolution of the output gradient with the flipped
-kernel), and leaves the weight gradient to XLA: the thunk runs forward
-convolutions only, and a weight gradient written as one (batch as channels, a
-32x32 kernel, a 3x3 output) fell on oneDNN's slow paths (220 against 68 ms, 64
-channels at 32x32, batch 128).
+kernel). The thunk runs forward convolutions only, and a weight gradient written
+as one (batch as channels, a 32x32 kernel, a 3x3 output) fell on oneDNN's slow
+paths (220 against 68 ms, 64 channels at 32x32, batch 128), so the weight
+gradient runs on oneDNN's own kernel through a host callback (`onednn_lib`),
+and is XLA's where that library is missing; strided input gradients are XLA's.
 
 Measured on a 2-core AMD EPYC (AVX-512), batch 128, 64 -> 64 channels at 32x32:
 forward 42 ms against XLA's 54 ms (PyTorch channels-last: 42 ms), input gradient
-42 against 54 ms (PyTorch 42.5 ms). Results equal XLA's to float rounding (1e-6
-relative; the sums run in another order).
+42 against 54 ms (PyTorch 42.5 ms); weight gradient in `onednn_lib`. Results equal
+XLA's to float rounding (1e-6 relative; the sums run in another order).
 
 When it applies (`available()`, checked once per process): the default backend is
 the CPU with one device (under a multi-device mesh XLA's partitioner would
@@ -47,6 +48,8 @@ from jax.extend.core import Primitive
 from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import batching, mlir
+
+from vibe_jax.models import onednn_lib
 
 __all__ = ["available", "conv", "ENV_SWITCH"]
 
@@ -143,10 +146,17 @@ def _conv_fwd(x, w, strides, padding):
 def _conv_bwd(strides, padding, residuals, g):
   x, w = residuals
   xla_conv = functools.partial(_reference, strides=strides, padding=padding, kernel=_HWIO)
-  # The weight gradient is XLA's (module docstring); the forward it traces is
-  # dead code XLA removes.
-  _, weight_vjp = jax.vjp(lambda w: xla_conv(x, w), w)
-  (dw,) = weight_vjp(g)
+  if onednn_lib.available() and all(lo >= 0 and hi >= 0 for lo, hi in padding):
+    # oneDNN's weight gradient on the host (onednn_lib); "sequential": under vmap,
+    # one call per example.
+    weight_grad = functools.partial(onednn_lib.conv_weight_grad, kernel=tuple(w.shape[:2]),
+                                    strides=strides, padding=padding)
+    dw = jax.pure_callback(weight_grad, jax.ShapeDtypeStruct(w.shape, w.dtype), x, g,
+                           vmap_method="sequential")
+  else:
+    # XLA's; the forward it traces is dead code XLA removes.
+    _, weight_vjp = jax.vjp(lambda w: xla_conv(x, w), w)
+    (dw,) = weight_vjp(g)
   kh, kw = w.shape[:2]
   # A stride-1 convolution's input gradient is the forward convolution of the
   # output gradient with the kernel flipped in space and its feature axes swapped
