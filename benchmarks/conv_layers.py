@@ -4,9 +4,9 @@ both gradients, ours against PyTorch channels-last, and the step's total.
 Where the training-step benchmark (`train_step.py`) says how far a whole step is
 from PyTorch's, this says how much of it is the convolution kernels themselves.
 Ours is the models' convolution, `vibe_jax.models.onednn_conv.conv`: oneDNN's
-kernels (PyTorch's) for the forward and a stride-1 input gradient where it applies,
-XLA's (Eigen's) otherwise and for every weight gradient; VIBE_JAX_ONEDNN_CONV=0
-times XLA's alone. Ours is timed as two
+kernels (PyTorch's) for the forward, a stride-1 input gradient and the weight
+gradient (`vibe_jax.models.onednn_lib`) where they apply, XLA's (Eigen's)
+otherwise; VIBE_JAX_ONEDNN_CONV=0 times XLA's alone. Ours is timed as two
 jitted programs (the forward, then the gradients of a linear loss, which need no
 forward), PyTorch's as one forward and backward; the first convolution takes no
 input gradient on either side (its input is the data). Both sides run under the
@@ -31,7 +31,7 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from train_step import seconds_per_step  # pylint: disable=wrong-import-position
 from vibe_jax import provenance  # pylint: disable=wrong-import-position
-from vibe_jax.models import onednn_conv  # pylint: disable=wrong-import-position
+from vibe_jax.models import onednn_conv, onednn_lib  # pylint: disable=wrong-import-position
 
 
 def layers(backbone: str) -> list[tuple[int, int, int, int, int, int, int, bool]]:
@@ -108,7 +108,7 @@ def main():
         f"{total['ours']:.0f} ms, PyTorch {total['torch']:.0f} ms, ratio "
         f"{total['ours'] / total['torch']:.2f}\n{prov['cpu']}, commit {prov['commit']}, "
         f"jax {jax.__version__}, torch {torch.__version__}, oneDNN convolutions: "
-        f"{onednn_conv.available()}")
+        f"{onednn_conv.available()}, oneDNN weight gradients: {onednn_lib.available()}")
 
 
 if __name__ == "__main__":

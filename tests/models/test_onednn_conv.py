@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vibe_jax.models import onednn_conv
+from vibe_jax.models import onednn_conv, onednn_lib
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 x86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
@@ -23,6 +23,11 @@ def _loss(conv, strides, padding, **kwargs):
 
 def _custom_calls(f, *args) -> int:
   return jax.jit(f).lower(*args).as_text().count("__onednn$convolution")
+
+
+def _host_callbacks(f, *args) -> int:
+  # onednn_lib's weight gradients, one host callback each.
+  return jax.jit(f).lower(*args).as_text().count("custom_call @xla_ffi_python_cpu_callback")
 
 
 @x86
@@ -48,15 +53,16 @@ def test_available_when_first_asked_while_a_model_is_traced(recwarn):
 
 
 @x86
-@pytest.mark.parametrize("kernel,strides,padding,calls", [
-    (3, (1, 1), ((1, 1), (1, 1)), 2),   # forward and input gradient on oneDNN
-    (3, (2, 2), ((1, 1), (1, 1)), 1),   # strided: the input gradient is XLA's
-    (1, (2, 2), ((0, 0), (0, 0)), 1),   # ResNet's 1x1 shortcut
-    (3, (1, 1), "SAME", 2),
-    (3, (1, 2), ((2, 0), (1, 2)), 1),   # asymmetric; stride 2 on one axis
-    (3, (1, 1), ((3, 1), (0, 1)), 1),   # padding beyond k - 1 on one side: XLA's
+@pytest.mark.parametrize("kernel,strides,padding,calls,host_calls", [
+    # Forward and input gradient in XLA's oneDNN thunk, weight gradient on the host.
+    (3, (1, 1), ((1, 1), (1, 1)), 2, 1),
+    (3, (2, 2), ((1, 1), (1, 1)), 1, 2),   # strided: the input gradient on the host
+    (1, (2, 2), ((0, 0), (0, 0)), 1, 2),   # ResNet's 1x1 shortcut
+    (3, (1, 1), "SAME", 2, 1),
+    (3, (1, 2), ((2, 0), (1, 2)), 1, 2),   # asymmetric; stride 2 on one axis
+    (3, (1, 1), ((3, 1), (0, 1)), 1, 2),   # padding beyond k - 1 on one side
 ])
-def test_forward_and_gradients_equal_lax(kernel, strides, padding, calls):
+def test_forward_and_gradients_equal_lax(kernel, strides, padding, calls, host_calls):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((3, 10, 9, 5)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 7)), jnp.float32)
@@ -68,6 +74,44 @@ def test_forward_and_gradients_equal_lax(kernel, strides, padding, calls):
   for got, want in zip(grads, want_grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert _custom_calls(jax.grad(ours, argnums=(0, 1)), x, w) == calls
+  assert _host_callbacks(jax.grad(ours, argnums=(0, 1)), x, w) == host_calls
+
+
+@x86
+def test_gradients_are_xlas_without_onednn_lib(monkeypatch):
+  monkeypatch.setattr(onednn_lib, "available", lambda: False)
+  onednn_conv.grads_available.cache_clear()
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+  ours = _loss(onednn_conv.conv, (2, 2), "SAME")
+  grad = jax.grad(ours, argnums=(0, 1))
+  assert _host_callbacks(grad, x, w) == 0
+  want = jax.grad(_loss(jax.lax.conv_general_dilated, (2, 2), "SAME"), argnums=(0, 1))(x, w)
+  for got, expected in zip(jax.jit(grad)(x, w), want):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  monkeypatch.undo()
+  onednn_conv.grads_available.cache_clear()
+  assert onednn_conv.grads_available()
+
+
+@x86
+def test_gradients_on_onednn_where_they_can():
+  # Linux x86-64 installs onednn-cpu-gomp: the host gradients must run there.
+  assert onednn_conv.grads_available() == onednn_lib.available()
+
+
+@x86
+def test_vmap_of_the_gradients_equals_lax():
+  # Per-example gradients: XLA's, batched.
+  rng = np.random.default_rng(4)
+  xs = jnp.asarray(rng.standard_normal((3, 2, 6, 6, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+  per_example = lambda conv: jax.jit(jax.vmap(
+      jax.grad(_loss(conv, (2, 2), "SAME"), argnums=(0, 1)), in_axes=(0, None)))
+  for got, want in zip(per_example(onednn_conv.conv)(xs, w),
+                       per_example(jax.lax.conv_general_dilated)(xs, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @x86

@@ -6,9 +6,9 @@ last (two transposes of the activations per convolution). This module calls the
 weight-gradient kernel of oneDNN itself (the library PyTorch's CPU convolutions
 use), from the `onednn-cpu-gomp` wheel (oneDNN 3.2 built with GNU OpenMP, a
 dependency on Linux x86-64), through its C API with ctypes; `onednn_conv` runs it
-inside jit as a `jax.pure_callback` on the activations and the output gradient,
-which stay in place (NHWC, read through strides), and gets the kernel's gradient
-back as HWIO.
+inside jit as a host callback on the activations and the output gradient as they
+are (NHWC, described to oneDNN by strides: no layout copies) and gets the kernel's
+gradient back as HWIO.
 
 Measured on a 2-core AMD EPYC (AVX-512), batch 128, 64 -> 64 channels at 32x32,
 a BatchNorm-ReLU before the convolution as in the models: 58 ms against XLA's
@@ -31,15 +31,16 @@ import threading
 
 import numpy as np
 
-__all__ = ["available", "library_path", "conv_weight_grad"]
+__all__ = ["available", "library_path", "conv_weight_grad", "conv_input_grad"]
 
 _log = logging.getLogger("vibe_jax")
 _DIST = "onednn-cpu-gomp"
 # oneDNN C API constants (dnnl_types.h / dnnl_common_types.h of oneDNN 3.x).
 _CPU_ENGINE, _IN_ORDER_STREAM, _F32, _ANY_FORMAT = 1, 1, 3, 1
 _FORWARD_TRAINING, _CONVOLUTION_DIRECT = 64, 1
-_QUERY_DIFF_WEIGHTS_MD = 132
-_ARG_SRC, _ARG_DST, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 1, 17, 145, 161
+_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_DIFF_SRC = 1, 17, 33, 129
+_ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 145, 161
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t (DNNL_MAX_NDIMS = 12)
 _lock = threading.Lock()
 
@@ -98,39 +99,73 @@ class _Library:
     return self.new("dnnl_memory_create", desc, self.engine, ctypes.c_void_p(pointer))
 
 
-class _Plan:
-  """The weight-gradient primitive for one shape, and the reorder of its result
-  (oneDNN's blocked kernel layout, which its fast kernels need) to HWIO."""
+def _descriptors(lib, x_shape, dy_shape, kernel, strides, padding):
+  """Memory descriptors (NHWC input and output, HWIO kernel), the convolution's
+  parameters, and the forward primitive descriptor oneDNN wants as a hint."""
+  n, h, w, ci = x_shape
+  _, ho, wo, co = dy_shape
+  kh, kw = kernel
+  # oneDNN's dims are (N, C, H, W) and (O, I, KH, KW); strides say NHWC and HWIO.
+  src = lib.strided((n, ci, h, w), (h * w * ci, 1, w * ci, ci))
+  dst = lib.strided((n, co, ho, wo), (ho * wo * co, 1, wo * co, co))
+  hwio = lib.strided((co, ci, kh, kw), (1, co, kw * ci * co, ci * co))
+  (top, bottom), (left, right) = padding
+  params = (_dims(*strides), _dims(0, 0), _dims(top, left), _dims(bottom, right))
+  forward = lib.new("dnnl_convolution_forward_primitive_desc_create", lib.engine,
+                    _FORWARD_TRAINING, _CONVOLUTION_DIRECT, src, hwio, None, dst, *params, None)
+  # The kernel in whatever layout oneDNN's fast kernels want (blocked), reordered
+  # from or to HWIO around the call.
+  blocked = lib.new("dnnl_memory_desc_create_with_tag", 4, _dims(co, ci, kh, kw), _F32,
+                    _ANY_FORMAT)
+  return src, dst, hwio, blocked, params, forward
 
-  def __init__(self, lib, x_shape, dy_shape, kernel, strides, padding):
-    n, h, w, ci = x_shape
-    _, ho, wo, co = dy_shape
-    kh, kw = kernel
-    # oneDNN's dims are (N, C, H, W) and (O, I, KH, KW); strides say NHWC and HWIO.
-    src = lib.strided((n, ci, h, w), (h * w * ci, 1, w * ci, ci))
-    dst = lib.strided((n, co, ho, wo), (ho * wo * co, 1, wo * co, co))
-    hwio = lib.strided((co, ci, kh, kw), (1, co, kw * ci * co, ci * co))
-    (top, bottom), (left, right) = padding
-    args = (_dims(*strides), _dims(0, 0), _dims(top, left), _dims(bottom, right))
-    forward = lib.new("dnnl_convolution_forward_primitive_desc_create", lib.engine,
-                      _FORWARD_TRAINING, _CONVOLUTION_DIRECT, src, hwio, None, dst, *args, None)
-    any_layout = lib.new("dnnl_memory_desc_create_with_tag", 4, _dims(co, ci, kh, kw), _F32,
-                         _ANY_FORMAT)
-    backward = lib.new("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
-                       _CONVOLUTION_DIRECT, src, any_layout, None, dst, *args, forward, None)
-    self.primitive = lib.new("dnnl_primitive_create", backward)
-    blocked = ctypes.c_void_p(lib.dll.dnnl_primitive_desc_query_md(backward,
-                                                                     _QUERY_DIFF_WEIGHTS_MD, 0))
-    self.blocked = np.empty(lib.dll.dnnl_memory_desc_get_size(blocked) // 4, np.float32)
-    reorder = lib.new("dnnl_reorder_primitive_desc_create", blocked, lib.engine, hwio,
-                      lib.engine, None)
+
+class _Plan:
+  """One gradient's primitive for one shape, the reorder of the kernel between
+  HWIO and oneDNN's blocked layout, and the memory objects of a call."""
+
+  def __init__(self, lib, kind, x_shape, dy_shape, kernel, strides, padding):
+    src, dst, hwio, blocked, params, forward = _descriptors(lib, x_shape, dy_shape, kernel,
+                                                            strides, padding)
+    if kind == "weights":
+      desc = lib.new("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
+                     _CONVOLUTION_DIRECT, src, blocked, None, dst, *params, forward, None)
+      query = _QUERY_DIFF_WEIGHTS_MD
+    else:
+      desc = lib.new("dnnl_convolution_backward_data_primitive_desc_create", lib.engine,
+                     _CONVOLUTION_DIRECT, src, blocked, dst, *params, forward, None)
+      query = _QUERY_WEIGHTS_MD
+    self.primitive = lib.new("dnnl_primitive_create", desc)
+    chosen = ctypes.c_void_p(lib.dll.dnnl_primitive_desc_query_md(desc, query, 0))
+    self.blocked = np.empty(lib.dll.dnnl_memory_desc_get_size(chosen) // 4, np.float32)
+    reorder = lib.new("dnnl_reorder_primitive_desc_create", *(
+        (chosen, lib.engine, hwio, lib.engine) if kind == "weights" else
+        (hwio, lib.engine, chosen, lib.engine)), None)
     self.reorder = lib.new("dnnl_primitive_create", reorder)
-    # Memory objects made once; the activation and result pointers are set per call.
+    # Memory objects made once; the data pointers are set per call.
     self.src, self.dst, self.hwio = (lib.memory(d, 1) for d in (src, dst, hwio))
-    self.blocked_memory = lib.memory(blocked, self.blocked.ctypes.data)
-    self.conv_args = (_Arg * 3)(_Arg(_ARG_SRC, self.src), _Arg(_ARG_DIFF_DST, self.dst),
-                                _Arg(_ARG_DIFF_WEIGHTS, self.blocked_memory))
-    self.reorder_args = (_Arg * 2)(_Arg(_ARG_SRC, self.blocked_memory), _Arg(_ARG_DST, self.hwio))
+    kernel_memory = lib.memory(chosen, self.blocked.ctypes.data)
+    if kind == "weights":
+      self.steps = ((self.primitive, (_Arg * 3)(_Arg(_ARG_SRC, self.src),
+                                                _Arg(_ARG_DIFF_DST, self.dst),
+                                                _Arg(_ARG_DIFF_WEIGHTS, kernel_memory))),
+                    (self.reorder, (_Arg * 2)(_Arg(_ARG_SRC, kernel_memory),
+                                              _Arg(_ARG_DST, self.hwio))))
+    else:
+      self.steps = ((self.reorder, (_Arg * 2)(_Arg(_ARG_SRC, self.hwio),
+                                              _Arg(_ARG_DST, kernel_memory))),
+                    (self.primitive, (_Arg * 3)(_Arg(_ARG_DIFF_DST, self.dst),
+                                                _Arg(_ARG_WEIGHTS, kernel_memory),
+                                                _Arg(_ARG_DIFF_SRC, self.src))))
+
+  def run(self, lib, src, dst, hwio):
+    """Runs the gradient with these arrays as input, output gradient and kernel
+    (whichever is the result is written)."""
+    for memory, array in ((self.src, src), (self.dst, dst), (self.hwio, hwio)):
+      lib.call("dnnl_memory_set_data_handle", memory, ctypes.c_void_p(array.ctypes.data))
+    for primitive, args in self.steps:
+      lib.call("dnnl_primitive_execute", primitive, lib.stream, len(args), args)
+    lib.call("dnnl_stream_wait", lib.stream)
 
 
 @functools.cache
@@ -145,8 +180,8 @@ def _library() -> _Library | None:
 
 
 @functools.cache
-def _plan(x_shape, dy_shape, kernel, strides, padding) -> _Plan:
-  return _Plan(_library(), x_shape, dy_shape, kernel, strides, padding)
+def _plan(kind, x_shape, dy_shape, kernel, strides, padding) -> _Plan:
+  return _Plan(_library(), kind, x_shape, dy_shape, kernel, strides, padding)
 
 
 def conv_weight_grad(x: np.ndarray, dy: np.ndarray, *, kernel: tuple[int, int],
@@ -161,31 +196,46 @@ def conv_weight_grad(x: np.ndarray, dy: np.ndarray, *, kernel: tuple[int, int],
   x = np.ascontiguousarray(x, np.float32)
   dy = np.ascontiguousarray(dy, np.float32)
   out = np.empty((*kernel, x.shape[3], dy.shape[3]), np.float32)
+  _run("weights", x, dy, out, strides, padding)
+  return out
+
+
+def conv_input_grad(dy: np.ndarray, w: np.ndarray, *, input_shape: tuple[int, ...],
+                    strides: tuple[int, int],
+                    padding: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+  """The NHWC gradient of a convolution's input of `input_shape`, given the HWIO
+  kernel `w` and the gradient `dy` of its NHWC output (float32; no dilation, one
+  feature group). `padding` as in `conv_weight_grad`. Needs `available()`."""
+  dy = np.ascontiguousarray(dy, np.float32)
+  w = np.ascontiguousarray(w, np.float32)
+  out = np.empty(input_shape, np.float32)
+  _run("data", out, dy, w, strides, padding)
+  return out
+
+
+def _run(kind, x, dy, w, strides, padding):
   lib = _library()
   with _lock:
-    plan = _plan(x.shape, dy.shape, tuple(kernel), tuple(strides),
+    plan = _plan(kind, x.shape, dy.shape, w.shape[:2], tuple(strides),
                  tuple(map(tuple, padding)))
-    lib.call("dnnl_memory_set_data_handle", plan.src, ctypes.c_void_p(x.ctypes.data))
-    lib.call("dnnl_memory_set_data_handle", plan.dst, ctypes.c_void_p(dy.ctypes.data))
-    lib.call("dnnl_memory_set_data_handle", plan.hwio, ctypes.c_void_p(out.ctypes.data))
-    lib.call("dnnl_primitive_execute", plan.primitive, lib.stream, 3, plan.conv_args)
-    lib.call("dnnl_primitive_execute", plan.reorder, lib.stream, 2, plan.reorder_args)
-    lib.call("dnnl_stream_wait", lib.stream)
-  return out
+    plan.run(lib, x, dy, w)
 
 
-def _direct(x, dy, kernel, strides, padding):
-  """The same gradient as a plain sum over kernel offsets (the self-check)."""
-  kh, kw = kernel
+def _direct(x, dy, w, strides, padding):
+  """Both gradients as plain sums over kernel offsets (the self-check)."""
+  kh, kw = w.shape[:2]
   ho, wo = dy.shape[1:3]
-  xp = np.pad(x, ((0, 0), *padding, (0, 0)))
-  out = np.zeros((kh, kw, x.shape[3], dy.shape[3]), np.float64)
+  xp = np.pad(x.astype(np.float64), ((0, 0), *padding, (0, 0)))
+  dxp = np.zeros_like(xp)
+  dw = np.zeros(w.shape, np.float64)
   for i in range(kh):
     for j in range(kw):
-      window = xp[:, i:i + (ho - 1) * strides[0] + 1:strides[0],
-                  j:j + (wo - 1) * strides[1] + 1:strides[1]]
-      out[i, j] = np.einsum("nhwc,nhwo->co", window, dy)
-  return out
+      window = (slice(None), slice(i, i + (ho - 1) * strides[0] + 1, strides[0]),
+                slice(j, j + (wo - 1) * strides[1] + 1, strides[1]))
+      dw[i, j] = np.einsum("nhwc,nhwo->co", xp[window], dy)
+      dxp[window] += np.einsum("nhwo,co->nhwc", dy, w[i, j])
+  (top, _), (left, _) = padding
+  return dw, dxp[:, top:top + x.shape[1], left:left + x.shape[2]]
 
 
 @functools.cache
@@ -197,11 +247,15 @@ def available() -> bool:
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
   dy = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)
+  w = rng.standard_normal((3, 2, 3, 5)).astype(np.float32)
   # Asymmetric in every respect, so that a mix-up of axes shows.
-  params = dict(kernel=(3, 2), strides=(2, 2), padding=((1, 2), (0, 1)))
+  params = dict(strides=(2, 2), padding=((1, 2), (0, 1)))
   try:
-    got = conv_weight_grad(x, dy, **params)
+    dw = conv_weight_grad(x, dy, kernel=w.shape[:2], **params)
+    dx = conv_input_grad(dy, w, input_shape=x.shape, **params)
   except RuntimeError as error:
-    _log.info("oneDNN weight gradients unavailable (%s); XLA's run instead", error)
+    _log.info("oneDNN convolution gradients unavailable (%s); XLA's run instead", error)
     return False
-  return bool(np.allclose(got, _direct(x, dy, **params), rtol=1e-4, atol=1e-4))
+  want_dw, want_dx = _direct(x, dy, w, **params)
+  return bool(np.allclose(dw, want_dw, rtol=1e-4, atol=1e-4) and
+              np.allclose(dx, want_dx, rtol=1e-4, atol=1e-4))
