@@ -11,8 +11,8 @@ kernel). The thunk runs forward convolutions only, and a weight gradient written
 as one (batch as channels, a 32x32 kernel, a 3x3 output) fell on oneDNN's slow
 paths (220 against 68 ms, 64 channels at 32x32, batch 128), so the weight
 gradient, and the input gradient of a strided convolution, run on oneDNN's own
-backward kernels through host callbacks (`onednn_lib`), and are XLA's where that
-library is missing (`grads_available()`).
+backward kernels as XLA FFI calls (`onednn_lib`, `onednn_ffi`), and are XLA's
+where that library is missing (`grads_available()`).
 
 Measured on a 2-core AMD EPYC (AVX-512), batch 128, 64 -> 64 channels at 32x32:
 forward 42 ms against XLA's 54 ms (PyTorch channels-last: 42 ms), input gradient
@@ -50,7 +50,7 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import batching, mlir
 
-from vibe_jax.models import onednn_lib
+from vibe_jax.models import onednn_ffi, onednn_lib
 
 __all__ = ["available", "conv", "grads_available", "ENV_SWITCH"]
 
@@ -135,26 +135,10 @@ def _bind(x, w, strides, padding, kernel=_HWIO):
                       kernel=kernel)
 
 
-# The weight gradient, and a strided convolution's input gradient, on oneDNN
-# (onednn_lib) as host callbacks. JAX's emitter is what `jax.pure_callback` lowers
-# to; called directly, the callback gets the operands as read-only views of XLA's
-# buffers, where pure_callback copies them first (gradient steps interleaved in one
-# process: small CNN at batch 256 109.8 against 114.0 ms, ResNet-18 at batch 128
-# 2,553 against 2,632 ms). It is internal to JAX: where it is missing or behaves
-# otherwise, the self-check in `grads_available` turns this off.
-try:
-  from jax._src.callback import emit_python_callback as _emit_python_callback
-except ImportError:  # pragma: no cover - older or newer JAX
-  _emit_python_callback = None
-
-_grad_p = Primitive("onednn_conv_grad")
-
-
 def _grad_reference(a, b, *, kind, shape, strides, padding):
-  """XLA's gradient (vmap and the self-check): of the kernel (`kind` "weights",
-  operands input and output gradient) or of the input ("data", operands output
-  gradient and kernel), `shape` being the result's. The forward it traces is dead
-  code XLA removes."""
+  """XLA's gradient: of the kernel (`kind` "weights", operands input and output
+  gradient) or of the input ("data", operands output gradient and kernel), `shape`
+  being the result's. The forward it traces is dead code XLA removes."""
   conv = functools.partial(_reference, strides=strides, padding=padding, kernel=_HWIO)
   zeros = jnp.zeros(shape, a.dtype)
   if kind == "weights":
@@ -162,38 +146,12 @@ def _grad_reference(a, b, *, kind, shape, strides, padding):
   return jax.vjp(lambda x: conv(x, b), zeros)[1](a)[0]
 
 
-def _grad_lower(ctx, a, b, *, kind, shape, strides, padding):
-  if kind == "weights":
-    host = functools.partial(onednn_lib.conv_weight_grad, kernel=shape[:2], strides=strides,
-                             padding=padding)
-  else:
-    host = functools.partial(onednn_lib.conv_input_grad, input_shape=shape, strides=strides,
-                             padding=padding)
-  results, _, _ = _emit_python_callback(
-      ctx, lambda a, b: (host(a, b),), None, [a, b], ctx.avals_in, ctx.avals_out,
-      has_side_effect=False, returns_token=False)
-  return results
-
-
-_grad_p.def_impl(functools.partial(_eager, _grad_p))
-_grad_p.def_abstract_eval(lambda a, b, *, shape, **_: jax.core.ShapedArray(shape, a.dtype))
-mlir.register_lowering(_grad_p, _grad_lower, platform="cpu")
-batching.primitive_batchers[_grad_p] = (
-    lambda args, dims, **params: (jax.vmap(functools.partial(_grad_reference, **params),
-                                           tuple(dims))(*args), 0))
-
-
-def _bind_grad(a, b, kind, shape, strides, padding):
-  return _grad_p.bind(a, b, kind=kind, shape=tuple(shape), strides=tuple(strides),
-                      padding=tuple(map(tuple, padding)))
-
-
 @functools.cache
 def grads_available() -> bool:
   """Whether `conv`'s weight gradients and strided input gradients run on oneDNN
-  (`onednn_lib`, through JAX's host-callback emitter) in this process, decided on
-  first use and kept."""
-  if _emit_python_callback is None or not onednn_lib.available():
+  (`onednn_lib`, as XLA FFI calls: `onednn_ffi`) in this process, decided on first
+  use and kept."""
+  if not onednn_lib.available():
     return False
   rng = np.random.default_rng(1)
   x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
@@ -203,13 +161,13 @@ def grads_available() -> bool:
   try:
     with jax.ensure_compile_time_eval():
       for kind, a, b, shape in (("weights", x, g, w.shape), ("data", g, w, x.shape)):
-        bind = functools.partial(_bind_grad, kind=kind, shape=shape, **params)
-        got = np.asarray(jax.jit(bind)(a, b))
+        call = functools.partial(onednn_ffi.grad, kind, shape=shape, **params)
+        got = np.asarray(jax.jit(call)(a, b))
         want = np.asarray(_grad_reference(a, b, kind=kind, shape=shape, **params))
         if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
           return False
   except Exception:  # pylint: disable=broad-except
-    # This JAX's emitter differs: XLA's gradients still work.
+    # This jaxlib's FFI differs: XLA's gradients still work.
     return False
   return True
 
@@ -227,7 +185,7 @@ def _conv_bwd(strides, padding, residuals, g):
   x, w = residuals
   on_host = grads_available() and all(lo >= 0 and hi >= 0 for lo, hi in padding)
   if on_host:
-    dw = _bind_grad(x, g, "weights", w.shape, strides, padding)
+    dw = onednn_ffi.grad("weights", x, g, w.shape, strides, padding)
   else:
     dw = _grad_reference(x, g, kind="weights", shape=w.shape, strides=strides, padding=padding)
   kh, kw = w.shape[:2]
@@ -239,7 +197,7 @@ def _conv_bwd(strides, padding, residuals, g):
   if tuple(strides) == (1, 1) and all(lo >= 0 and hi >= 0 for lo, hi in flipped_pads):
     dx = _bind(g, w[::-1, ::-1], (1, 1), flipped_pads, kernel=_HWOI)
   elif on_host:
-    dx = _bind_grad(g, w, "data", x.shape, strides, padding)
+    dx = onednn_ffi.grad("data", g, w, x.shape, strides, padding)
   else:
     dx = _grad_reference(g, w, kind="data", shape=x.shape, strides=strides, padding=padding)
   return dx, dw
