@@ -86,6 +86,18 @@ def test_threads_calling_at_once_get_their_own_results():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_a_reloaded_library_runs_its_own_primitives():
+  # Clearing the library (as the tests below do) must not leave primitives of the
+  # old engine to be run on the new one's stream (oneDNN refuses: status 2).
+  rng = np.random.default_rng(5)
+  params = dict(strides=(1, 1), padding=((1, 1), (1, 1)))
+  x, w, dy = _case(rng, 2, (6, 6), (3, 4), (3, 3), **params)
+  want = onednn_lib.conv_weight_grad(x, dy, kernel=(3, 3), **params)
+  onednn_lib._library.cache_clear()
+  np.testing.assert_array_equal(onednn_lib.conv_weight_grad(x, dy, kernel=(3, 3), **params),
+                                want)
+
+
 def test_unavailable_without_the_library(monkeypatch):
   monkeypatch.setattr(onednn_lib, "library_path", lambda: None)
   onednn_lib._library.cache_clear()

@@ -81,6 +81,10 @@ class _Library:
     self.dll.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
     self.engine = self.new("dnnl_engine_create", _CPU_ENGINE, 0)
     self.stream = self.new("dnnl_stream_create", self.engine, _IN_ORDER_STREAM)
+    # Primitives belong to this engine: kept here, not in a global cache, so that
+    # a new library object never runs another engine's primitive (oneDNN's
+    # invalid-argument error at execution).
+    self.plans = {}
 
   def call(self, name, *args):
     status = getattr(self.dll, name)(*args)
@@ -182,11 +186,6 @@ def _library() -> _Library | None:
     return None
 
 
-@functools.cache
-def _plan(kind, x_shape, dy_shape, kernel, strides, padding) -> _Plan:
-  return _Plan(_library(), kind, x_shape, dy_shape, kernel, strides, padding)
-
-
 def conv_weight_grad(x: np.ndarray, dy: np.ndarray, *, kernel: tuple[int, int],
                      strides: tuple[int, int],
                      padding: tuple[tuple[int, int], tuple[int, int]],
@@ -231,10 +230,11 @@ def _output(out, shape):
 
 def _run(kind, x, dy, w, strides, padding):
   lib = _library()
+  key = (kind, x.shape, dy.shape, w.shape[:2], tuple(strides), tuple(map(tuple, padding)))
   with _lock:
-    plan = _plan(kind, x.shape, dy.shape, w.shape[:2], tuple(strides),
-                 tuple(map(tuple, padding)))
-    plan.run(lib, x, dy, w)
+    if key not in lib.plans:
+      lib.plans[key] = _Plan(lib, *key)
+    lib.plans[key].run(lib, x, dy, w)
 
 
 def _direct(x, dy, w, strides, padding):
