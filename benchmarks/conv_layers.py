@@ -31,7 +31,7 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from train_step import seconds_per_step  # pylint: disable=wrong-import-position
 from vibe_jax import provenance  # pylint: disable=wrong-import-position
-from vibe_jax.models import onednn_conv, onednn_lib  # pylint: disable=wrong-import-position
+from vibe_jax.models import onednn_conv  # pylint: disable=wrong-import-position
 
 
 def layers(backbone: str) -> list[tuple[int, int, int, int, int, int, int, bool]]:
@@ -108,7 +108,7 @@ def main():
         f"{total['ours']:.0f} ms, PyTorch {total['torch']:.0f} ms, ratio "
         f"{total['ours'] / total['torch']:.2f}\n{prov['cpu']}, commit {prov['commit']}, "
         f"jax {jax.__version__}, torch {torch.__version__}, oneDNN convolutions: "
-        f"{onednn_conv.available()}, oneDNN weight gradients: {onednn_lib.available()}")
+        f"{onednn_conv.available()}, oneDNN gradients: {onednn_conv.grads_available()}")
 
 
 if __name__ == "__main__":

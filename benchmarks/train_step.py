@@ -39,7 +39,7 @@ import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,wrong-imp
 from vibe_jax import mstep, provenance  # pylint: disable=wrong-import-position
 from vibe_jax.config import base_config  # pylint: disable=wrong-import-position
 from vibe_jax.models import VIBEHead, VIBEModel  # pylint: disable=wrong-import-position
-from vibe_jax.models import onednn_conv, onednn_lib  # pylint: disable=wrong-import-position
+from vibe_jax.models import onednn_conv  # pylint: disable=wrong-import-position
 from vibe_jax.models.backbones import build_backbone, feature_dim  # pylint: disable=wrong-import-position
 from vibe_jax.stages.ssl import base as ssl_base  # pylint: disable=wrong-import-position
 from vibe_jax.stages.ssl import simclr  # pylint: disable=wrong-import-position
@@ -193,8 +193,8 @@ def main():
         f"{prov['commit']}, jax {jax.__version__}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
         f"host allocator reuse (runtime.configure_allocator): {MALLOC}, oneDNN "
-        f"convolutions (models.onednn_conv): {onednn_conv.available()}, oneDNN weight "
-        f"gradients (models.onednn_lib): {onednn_lib.available()}\n")
+        f"convolutions (models.onednn_conv): {onednn_conv.available()}, oneDNN "
+        f"gradients (models.onednn_conv.grads_available): {onednn_conv.grads_available()}\n")
   print("| backbone | step | vibe_jax img/s | PyTorch NCHW | PyTorch channels-last | "
         "vibe_jax time / best PyTorch |")
   print("|---|---|---:|---:|---:|---:|")

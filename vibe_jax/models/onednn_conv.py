@@ -54,7 +54,7 @@ from vibe_jax.models import onednn_ffi, onednn_lib
 
 __all__ = ["available", "conv", "grads_available", "ENV_SWITCH"]
 
-ENV_SWITCH = "VIBE_JAX_ONEDNN_CONV"
+ENV_SWITCH = onednn_lib.ENV_SWITCH
 _TARGET = "__onednn$convolution"
 _CACHE_WARNING = r"Error writing persistent compilation cache entry for .*std::bad_alloc"
 _log = logging.getLogger("vibe_jax")

@@ -18,7 +18,6 @@ checks the whole path once per process against XLA.
 
 import ctypes
 import functools
-import logging
 
 import jax
 import numpy as np
@@ -27,7 +26,6 @@ from vibe_jax.models import onednn_lib
 
 __all__ = ["grad"]
 
-_log = logging.getLogger("vibe_jax")
 # c_api.h: XLA_FFI_Extension_Metadata, XLA_FFI_ExecutionStage_EXECUTE,
 # XLA_FFI_DataType_F32, XLA_FFI_Error_Code_INTERNAL, XLA_FFI_API_MAJOR/MINOR.
 _METADATA_EXTENSION, _EXECUTE, _F32, _INTERNAL = 1, 3, 11, 13

@@ -34,7 +34,9 @@ import threading
 
 import numpy as np
 
-__all__ = ["available", "library_path", "conv_weight_grad", "conv_input_grad"]
+__all__ = ["available", "library_path", "conv_weight_grad", "conv_input_grad", "ENV_SWITCH"]
+
+ENV_SWITCH = "VIBE_JAX_ONEDNN_CONV"  # "0" turns oneDNN off here and in onednn_conv
 
 _log = logging.getLogger("vibe_jax")
 _DIST = "onednn-cpu-gomp"
@@ -258,7 +260,7 @@ def _direct(x, dy, w, strides, padding):
 def available() -> bool:
   """Whether `conv_weight_grad` can run in this process (module docstring),
   decided on first use and kept."""
-  if os.environ.get("VIBE_JAX_ONEDNN_CONV", "1") == "0" or _library() is None:
+  if os.environ.get(ENV_SWITCH, "1") == "0" or _library() is None:
     return False
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
