@@ -55,7 +55,7 @@ def layers(backbone: str) -> list[tuple[int, int, int, int, int, int, int, bool]
 
 def _median_ms(run, block, steps, rounds):
   block(run())  # compile
-  return statistics.median(seconds_per_step(run, steps, block) for _ in range(rounds)) * 1e3
+  return statistics.median(seconds_per_step(run, steps, block)[0] for _ in range(rounds)) * 1e3
 
 
 def main():

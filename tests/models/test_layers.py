@@ -1,5 +1,5 @@
-"""Our BatchNorm, max-pooling and wide-padding convolution equal Flax's (and PyTorch's)
-to float tolerance."""
+"""Our BatchNorm (alone and with ReLU and pooling in one op), max-pooling and
+wide-padding convolution equal Flax's (and PyTorch's) to float tolerance."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +10,8 @@ import torch
 
 from tests import torch_models
 from vibe_jax.models.cnn import SmallCNN
-from vibe_jax.models.layers import BatchNorm, conv_wide_padding, max_pool2
+from vibe_jax.models.layers import (BatchNorm, batch_norm_relu_pool_train, batch_norm_train,
+                                    conv_wide_padding, max_pool2)
 
 
 def _loss(module, variables, x, g, train):
@@ -61,6 +62,79 @@ def test_max_pool2_equals_max_pool_and_splits_only_exact_ties():
   tied = jnp.zeros((1, 2, 2, 1))
   split = jax.grad(lambda v: 3.0 * jnp.sum(max_pool2(v)))(tied)
   np.testing.assert_allclose(split[0, :, :, 0], 0.75)  # a four-way tie shares it
+
+
+def _three_ops(pool):
+  def f(x, scale, bias):
+    y, mean, var = batch_norm_train(x, scale, bias, 1e-5)
+    return pool(jax.nn.relu(y)), mean, var
+  return f
+
+
+def _fused(x, scale, bias):
+  return batch_norm_relu_pool_train(x, scale, bias, 1e-5)
+
+
+def _value_and_grads(f, x, scale, bias, g):
+  (pooled, mean, var), vjp = jax.vjp(f, x, scale, bias)
+  zero = jnp.zeros_like(mean)
+  return (pooled, mean, var), vjp((g, zero, zero))
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 10, 5), (3, 2, 4, 16)])
+def test_batch_norm_relu_pool_equals_the_three_ops(shape):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32) * 2 + 1)
+  c = shape[-1]
+  scale = jnp.asarray(rng.uniform(-1.5, 2, c), jnp.float32)  # negative scales too
+  bias = jnp.asarray(rng.standard_normal(c) - 1.5, jnp.float32)
+  g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, c), np.float32))
+  ours, ours_grads = jax.jit(lambda *a: _value_and_grads(_fused, *a))(x, scale, bias, g)
+  theirs, their_grads = _value_and_grads(_three_ops(max_pool2), x, scale, bias, g)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert float(jnp.mean(ours[0] == 0)) > 0.1  # the ReLU cut some windows entirely
+  for a, b in zip(ours_grads, their_grads):  # no ties in random inputs
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_relu_pool_gives_a_tie_to_the_first_maximum():
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((4, 4, 6, 3), np.float32)
+  x[:, 0, 1, :] = x[:, 0, 0, :] = np.abs(x[:, 0, 0, :]) + 3  # positive ties, first row
+  x[:, 3, 5, :] = x[:, 2, 5, :] = np.abs(x[:, 2, 5, :]) + 3  # and second row
+  x = jnp.asarray(x)
+  scale, bias = jnp.ones(3), jnp.zeros(3)
+  g = jnp.asarray(rng.standard_normal((4, 2, 3, 3), np.float32))
+  nn_pool = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  _, (dx, dscale, dbias) = _value_and_grads(_fused, x, scale, bias, g)
+  _, (dx2, dscale2, dbias2) = _value_and_grads(_three_ops(nn_pool), x, scale, bias, g)
+  # As nn.max_pool (and PyTorch): the whole gradient to the first maximum.
+  np.testing.assert_allclose(dx, dx2, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dscale, dscale2, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dbias, dbias2, rtol=1e-4, atol=1e-5)
+  _, (dx3, _, _) = _value_and_grads(_three_ops(max_pool2), x, scale, bias, g)
+  assert not np.allclose(dx, dx3, atol=1e-3)  # max_pool2 splits ties: a real difference
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_module_with_relu_pool(train):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((4, 6, 4, 3), np.float32))
+  kw = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+  fused, plain = BatchNorm(relu_pool=True, **kw), BatchNorm(**kw)
+  variables = plain.init(jax.random.PRNGKey(0), x)
+  variables = {"params": {"scale": jnp.asarray([0.5, 2.0, -1.0]), "bias": jnp.asarray([0.1, -0.2, 0.3])},
+               "batch_stats": {"mean": jnp.asarray([0.2, 0.0, -0.1]), "var": jnp.asarray([1.5, 0.5, 1.0])}}
+  assert (jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(0), x)) ==
+          jax.tree.map(jnp.shape, variables))  # same variables: checkpoints load
+  run = lambda m: m.apply(variables, x, mutable=["batch_stats"]) if train else (
+      m.apply(variables, x), {})
+  (y1, u1), (y2, u2) = run(fused), run(plain)
+  np.testing.assert_allclose(y1, max_pool2(jax.nn.relu(y2)), rtol=1e-6, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
+  with pytest.raises(ValueError, match=r"H and W even; got shape \(4, 5, 4, 3\)"):
+    fused.apply(variables, x[:, :5], mutable=["batch_stats"])
 
 
 @pytest.mark.parametrize("kernel,strides,padding", [

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from vibe_jax.models import onednn_conv
-from vibe_jax.models.layers import BatchNorm, max_pool2
+from vibe_jax.models.layers import BatchNorm
 
 __all__ = ["SmallCNN"]
 
@@ -26,10 +26,11 @@ class SmallCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for width in self.widths:
       x = nn.Conv(width, (3, 3), use_bias=False, conv_general_dilated=onednn_conv.conv)(x)
-      x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
-      x = nn.relu(x)
-      x = max_pool2(x) if x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0 else nn.max_pool(
-          x, (2, 2), strides=(2, 2))
+      even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+      x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                    relu_pool=even)(x)  # BatchNorm, ReLU and pooling in one op
+      if not even:
+        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is not None:
       x = nn.Dense(self.num_classes)(x)
