@@ -89,11 +89,10 @@ def _bn_backward(epsilon, residuals, cotangents):
   g = cotangents[0]
   c = x.shape[-1]
   n = x.size // c
+  xhat = (x - mean) * inv
   dbias = _channel_sums(g.reshape(-1, c))
-  # inv * sum(g * (x - mean)), not sum(g * xhat): XLA then wrote xhat out for the
-  # reduction to read
-  dscale = _channel_sums((g * (x - mean)).reshape(-1, c)) * inv
-  return _bn_input_grad(g, (x - mean) * inv, dbias, dscale, scale, inv, n), dscale, dbias
+  dscale = _channel_sums((g * xhat).reshape(-1, c))
+  return _bn_input_grad(g, xhat, dbias, dscale, scale, inv, n), dscale, dbias
 
 
 def _bn_input_grad(g, xhat, dbias, dscale, scale, inv, n):
