@@ -18,8 +18,8 @@ normalised input, and the backward takes the BatchNorm sums over the pooled grid
 window's gradient flows through its maximum alone) and writes the input gradient in
 one pass. XLA otherwise materialised the pooling's window indicators, the ReLU mask,
 the normalised input and the gradient at full resolution: the small CNN's three
-blocks at batch 512, forward and backward, took 50.3 ms against 87.1 ms as three ops
-and PyTorch's 75.3 ms (`benchmarks/norm_layers.py`, 2-core AMD EPYC). A window's
+blocks at batch 512, forward and backward, took 48.8 ms against 91.4 ms as three ops
+and PyTorch's 77.6 ms (`benchmarks/norm_layers.py`, 2-core AMD EPYC). A window's
 gradient goes to its first maximum in row-major order, as in PyTorch and
 `nn.max_pool`; the results equal the three ops' to float rounding except on exact
 ties of a positive maximum (the three ops split the gradient among ties).
