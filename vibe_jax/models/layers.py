@@ -89,10 +89,16 @@ def _bn_backward(epsilon, residuals, cotangents):
   g = cotangents[0]
   c = x.shape[-1]
   n = x.size // c
-  xhat = (x - mean) * inv
   dbias = _channel_sums(g.reshape(-1, c))
-  dscale = _channel_sums((g * xhat).reshape(-1, c))
-  return _bn_input_grad(g, xhat, dbias, dscale, scale, inv, n), dscale, dbias
+  # sum(g * (x - mean)) as sum(g * x) - mean * sum(g): YNNPACK's reduction then
+  # reads g and x as they are, where with x - mean (or xhat) inside it XLA first
+  # wrote that array out. Forward and backward 20.4 -> 15.8 ms at 256x34x34x64
+  # (interleaved, 2-core AMD EPYC). The price is rounding where a channel's mean is
+  # large against its spread: relative error of dscale 2.7e-5 against 7.3e-6 at a
+  # mean of 10 standard deviations, 2.3e-6 against 1.1e-6 at 1 (float32, 148,000
+  # values, against float64).
+  dscale = (_channel_sums((g * x).reshape(-1, c)) - mean * dbias) * inv
+  return _bn_input_grad(g, (x - mean) * inv, dbias, dscale, scale, inv, n), dscale, dbias
 
 
 def _bn_input_grad(g, xhat, dbias, dscale, scale, inv, n):
