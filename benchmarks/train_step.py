@@ -211,9 +211,9 @@ class TorchProcess:
   """PyTorch's process (spawned: no state of ours is inherited)."""
 
   def __init__(self):
-    self.conn, child = multiprocessing.get_context("spawn").Pipe()
-    self.process = multiprocessing.get_context("spawn").Process(
-        target=_torch_worker, args=(child,), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    self.conn, child = spawn.Pipe()
+    self.process = spawn.Process(target=_torch_worker, args=(child,), daemon=True)
     self.process.start()
 
   def ask(self, op, key=None, args=None):
@@ -243,7 +243,7 @@ class Remote:
     return self.worker.ask("warm_up", self.key)
 
   def time(self, steps):
-    return tuple(self.worker.ask("time", self.key, steps))
+    return self.worker.ask("time", self.key, steps)
 
   def close(self):
     self.worker.ask("drop", self.key)

@@ -134,11 +134,10 @@ def _bn_relu_pool_forward(x, scale, bias, epsilon):
   pixels = _windows(x)
   y = [jax.nn.relu((p - mean) * (inv * scale) + bias) for p in pixels]  # as _bn_forward
   pooled = jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
-  first = [y[k] == pooled for k in range(3)]
-  index = jnp.where(first[0], 0, jnp.where(first[1], 1, jnp.where(first[2], 2, 3)))
-  chosen = jnp.where(first[0], pixels[0], jnp.where(first[1], pixels[1],
-                                                    jnp.where(first[2], pixels[2], pixels[3])))
-  residuals = (x, mean, inv, scale, index.astype(jnp.int8), pooled, (chosen - mean) * inv)
+  first = [y[k] == pooled for k in range(3)]  # jnp.select takes the first that holds
+  index = jnp.select(first, [0, 1, 2], 3).astype(jnp.int8)
+  chosen = jnp.select(first, pixels[:3], pixels[3])
+  residuals = (x, mean, inv, scale, index, pooled, (chosen - mean) * inv)
   return (pooled, mean, var), residuals
 
 
